@@ -1,0 +1,584 @@
+"""Benchmark harness: run workloads under scheduling modes and compare them.
+
+Every single run happens in its own Python subprocess with a fresh
+``LocalCluster`` (processes, one thread per worker, no memory limit), so runs
+cannot influence each other through leftover state, warm caches or config.
+
+Modes
+-----
+``default``
+    Dask as shipped.
+``no-queuing``
+    ``distributed.scheduler.worker-saturation = inf`` (set before the
+    cluster is created, so the scheduler picks it up).
+``autorestrictor``
+    :class:`autorestrictor.AutoRestrictor` registered right after the client
+    connects, before any work is submitted.
+
+Python API: :func:`run_one`, :func:`run_bench`, :func:`format_table`,
+:func:`check_checksums`.  CLI: ``python -m autorestrictor bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+logger = logging.getLogger(__name__)
+
+MODES = ("default", "no-queuing", "autorestrictor")
+
+#: Keys every result row has.
+ROW_KEYS = (
+    "workload",
+    "mode",
+    "workers",
+    "scale",
+    "repeat",
+    "wall_s",
+    "bytes_moved",
+    "transfers",
+    "peak_memory_bytes",
+    "peak_memory_per_worker",
+    "max_share",
+    "plan_s",
+    "checksum",
+)
+
+#: Interval between RSS samples of the worker processes, in seconds.
+RSS_INTERVAL_S = 0.025
+
+#: Directory that contains the ``autorestrictor`` package; put on the
+#: child's ``PYTHONPATH`` so runs work without installing the package.
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+class BenchError(RuntimeError):
+    """A benchmark run failed (crash, timeout or unusable output)."""
+
+
+class ChecksumMismatch(BenchError):
+    """Two modes of the same workload computed different results."""
+
+
+# --------------------------------------------------------------------------
+# measurement helpers (run inside the child process)
+
+
+class RssSampler:
+    """Sample the resident set size of some processes in a background thread.
+
+    Parameters
+    ----------
+    pids : dict
+        ``{label: pid}`` of the processes to watch.
+    interval : float
+        Seconds between samples.
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = RSS_INTERVAL_S):
+        import psutil
+
+        self.interval = interval
+        self.procs = {label: psutil.Process(pid) for label, pid in pids.items()}
+        self.times: list[float] = []
+        self.rss: dict[str, list[int]] = {label: [] for label in pids}
+        self.peak: dict[str, int] = {label: 0 for label in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        now = time.time()
+        for label, proc in self.procs.items():
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error as exc:  # worker died: keep going, but say so
+                logger.warning("cannot sample RSS of worker %s: %s", label, exc)
+                rss = 0
+            self.rss[label].append(rss)
+            self.peak[label] = max(self.peak[label], rss)
+        self.times.append(now)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def _transfer_counters(dask_worker) -> tuple[int, int]:
+    """Outgoing transfer totals of one worker (run via ``client.run``)."""
+    return (
+        dask_worker.transfer_outgoing_bytes_total,
+        dask_worker.transfer_outgoing_count_total,
+    )
+
+
+def _compute_shares(stream: list[dict], workers: Iterable[str]) -> dict[str, float]:
+    """Share of the total compute time spent on each worker."""
+    busy = {w: 0.0 for w in workers}
+    for rec in stream:
+        for ss in rec["startstops"]:
+            if ss["action"] == "compute":
+                busy[rec["worker"]] = busy.get(rec["worker"], 0.0) + ss["stop"] - ss["start"]
+    total = sum(busy.values())
+    if total <= 0:
+        return {w: 0.0 for w in busy}
+    return {w: b / total for w, b in busy.items()}
+
+
+def _plan_summary(client) -> dict[str, Any]:
+    """Planning time and step-back reasons recorded by the plugin."""
+    import autorestrictor
+
+    plans = autorestrictor.last_plans(client)
+    return {
+        "plan_s": float(sum(p["plan_s"] for p in plans)),
+        "plans": len(plans),
+        "plan_reasons": sorted({p["reason"] for p in plans if p.get("reason") is not None}),
+    }
+
+
+def measure(
+    workload: str,
+    mode: str,
+    workers: int,
+    scale: float,
+    details: bool = False,
+) -> dict[str, Any]:
+    """Run one workload under one mode in a fresh cluster *in this process*.
+
+    Prefer :func:`run_one`, which calls this in a subprocess.
+
+    Parameters
+    ----------
+    workload : str
+        Key of :data:`autorestrictor.workloads.WORKLOADS`.
+    mode : str
+        One of :data:`MODES`.
+    workers : int
+        Number of single-threaded worker processes.
+    scale : float
+        Data size multiplier passed to the workload.
+    details : bool
+        Also return the task stream (``"stream"``) and RSS samples
+        (``"memory"``), with times in seconds since the compute started.
+
+    Returns
+    -------
+    dict
+        One result row (see :data:`ROW_KEYS`).
+    """
+    import dask
+    from dask.utils import key_split
+    from distributed import Client, LocalCluster, get_task_stream
+
+    from autorestrictor.workloads import WORKLOADS, checksum
+
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+
+    config: dict[str, Any] = {
+        # Keep every task of the run in the task stream.
+        "distributed.scheduler.dashboard.tasks.task-stream-length": 1_000_000,
+    }
+    if mode == "no-queuing":
+        config["distributed.scheduler.worker-saturation"] = float("inf")
+
+    with dask.config.set(config), LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=0,
+        dashboard_address=None,
+    ) as cluster, Client(cluster) as client:
+        if mode == "autorestrictor":
+            from autorestrictor import AutoRestrictor
+
+            client.register_plugin(AutoRestrictor())
+
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        names = {addr: f"w{info[addr]['name']}" for addr in info}
+        pids = {names[addr]: pid for addr, pid in client.run(os.getpid).items()}
+        before = client.run(_transfer_counters)
+
+        with RssSampler(pids) as sampler, get_task_stream(client) as ts:
+            t0 = time.time()
+            collections = WORKLOADS[workload].build(scale, client)
+            results = client.compute(collections, sync=True)
+            wall = time.time() - t0
+
+        after = client.run(_transfer_counters)
+        plans = _plan_summary(client) if mode == "autorestrictor" else {"plan_s": 0.0}
+
+    stream = [
+        {**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data
+    ]
+    shares = _compute_shares(stream, pids)
+    row: dict[str, Any] = {
+        "workload": workload,
+        "mode": mode,
+        "workers": workers,
+        "scale": scale,
+        "wall_s": wall,
+        "bytes_moved": sum(after[a][0] - before[a][0] for a in after),
+        "transfers": sum(after[a][1] - before[a][1] for a in after),
+        "peak_memory_bytes": max(sampler.peak.values()),
+        "peak_memory_per_worker": dict(sorted(sampler.peak.items())),
+        "max_share": max(shares.values()),
+        "tasks": len(stream),
+        "checksum": checksum(results),
+        **plans,
+    }
+    if details:
+        row["stream"] = [
+            {
+                "worker": rec["worker"],
+                "key": str(rec["key"]),
+                "prefix": key_split(rec["key"]),
+                "startstops": [
+                    {"action": ss["action"], "start": ss["start"] - t0, "stop": ss["stop"] - t0}
+                    for ss in rec["startstops"]
+                ],
+            }
+            for rec in stream
+        ]
+        row["memory"] = {
+            "t": [t - t0 for t in sampler.times],
+            "rss": sampler.rss,
+        }
+    return row
+
+
+# --------------------------------------------------------------------------
+# subprocess plumbing
+
+
+def _child_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the per-run subprocess: measure, write the row as JSON."""
+    p = argparse.ArgumentParser(prog="autorestrictor-bench-child")
+    p.add_argument("--workload", required=True)
+    p.add_argument("--mode", required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--scale", type=float, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--details", action="store_true")
+    args = p.parse_args(argv)
+    row = measure(args.workload, args.mode, args.workers, args.scale, details=args.details)
+    with open(args.out, "w") as f:
+        json.dump(row, f)
+
+
+def run_one(
+    workload: str,
+    mode: str,
+    workers: int = 4,
+    scale: float = 1.0,
+    *,
+    repeat: int = 0,
+    details: bool = False,
+    timeout: float | None = 1800,
+) -> dict[str, Any]:
+    """Run one workload under one mode, in a subprocess with a fresh cluster.
+
+    Parameters
+    ----------
+    workload, mode, workers, scale
+        See :func:`measure`.
+    repeat : int
+        Repetition index, copied into the row.
+    details : bool
+        Include the task stream and RSS samples (see :func:`measure`).
+    timeout : float or None
+        Seconds before the run is killed and :class:`BenchError` raised.
+
+    Returns
+    -------
+    dict
+        The result row.
+
+    Raises
+    ------
+    BenchError
+        If the subprocess fails or times out; the message carries the tail
+        of its stderr.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [_PACKAGE_PARENT, env.get("PYTHONPATH", "")] if p
+    )
+    with tempfile.TemporaryDirectory(prefix="autorestrictor-bench-") as tmp:
+        out = os.path.join(tmp, "row.json")
+        cmd = [
+            sys.executable,
+            "-c",
+            "from autorestrictor.bench import _child_main; _child_main()",
+            "--workload", workload,
+            "--mode", mode,
+            "--workers", str(workers),
+            "--scale", repr(float(scale)),
+            "--out", out,
+        ]
+        if details:
+            cmd.append("--details")
+        what = f"{workload} / {mode} (workers={workers}, scale={scale})"
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise BenchError(f"run {what} timed out after {timeout} s") from exc
+        if proc.returncode != 0 or not os.path.exists(out):
+            tail = "\n".join(proc.stderr.strip().splitlines()[-30:])
+            raise BenchError(f"run {what} failed (exit code {proc.returncode}):\n{tail}")
+        with open(out) as f:
+            row = json.load(f)
+    row["repeat"] = repeat
+    return row
+
+
+# --------------------------------------------------------------------------
+# many runs, checks and the table
+
+
+def check_checksums(rows: Sequence[dict]) -> None:
+    """Raise :class:`ChecksumMismatch` if a workload's rows disagree.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Result rows (needs ``workload``, ``mode``, ``repeat``, ``checksum``).
+    """
+    seen: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in rows:
+        seen[row["workload"]][f"{row['mode']}#{row.get('repeat', 0)}"] = row["checksum"]
+    for workload, by_run in seen.items():
+        if len(set(by_run.values())) > 1:
+            detail = ", ".join(f"{run}={cs}" for run, cs in sorted(by_run.items()))
+            raise ChecksumMismatch(
+                f"checksum mismatch for workload {workload!r}: the modes computed "
+                f"different results ({detail})"
+            )
+
+
+class _Progress:
+    """Minimal one-line progress report on stderr."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.start = time.time()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.enabled:
+            elapsed = time.time() - self.start
+            print(f"[{self.done}/{self.total}] {label} ... ({elapsed:.0f} s elapsed)",
+                  file=sys.stderr, flush=True)
+
+
+def _write_json(path: str | os.PathLike, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+def run_bench(
+    workloads: Sequence[str] | None = None,
+    modes: Sequence[str] = MODES,
+    workers: int = 4,
+    scale: float = 1.0,
+    repeat: int = 1,
+    json_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    timeout: float | None = 1800,
+) -> list[dict]:
+    """Run every (workload, mode, repetition), each in a fresh cluster.
+
+    Modes of one repetition run back to back, so slow drifts of a noisy
+    machine hit all modes alike.  Checksums are checked after each workload.
+
+    Parameters
+    ----------
+    workloads : sequence of str, optional
+        Workload names; all of them by default.
+    modes : sequence of str
+        Modes to compare.
+    workers : int
+        Worker processes per cluster.
+    scale : float
+        Data size multiplier.
+    repeat : int
+        Repetitions per (workload, mode).
+    json_path : path, optional
+        Rows are written here (as a JSON list) after every completed workload.
+    progress : bool
+        Print ``[i/n] workload mode ...`` lines on stderr.
+    timeout : float or None
+        Per-run timeout in seconds.
+
+    Returns
+    -------
+    list of dict
+        One row per run.
+
+    Raises
+    ------
+    ChecksumMismatch
+        If two runs of one workload computed different results.
+    BenchError
+        If a run fails.
+    """
+    from autorestrictor.workloads import WORKLOADS
+
+    workloads = list(workloads) if workloads else list(WORKLOADS)
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {unknown}; known: {', '.join(WORKLOADS)}")
+    bad_modes = [m for m in modes if m not in MODES]
+    if bad_modes:
+        raise ValueError(f"unknown mode(s) {bad_modes}; known: {', '.join(MODES)}")
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+
+    bar = _Progress(len(workloads) * len(modes) * repeat, enabled=progress)
+    rows: list[dict] = []
+    for workload in workloads:
+        these = []
+        for r in range(repeat):
+            for mode in modes:
+                bar.step(f"{workload} {mode}" + (f" (repeat {r + 1})" if repeat > 1 else ""))
+                these.append(run_one(workload, mode, workers, scale, repeat=r, timeout=timeout))
+        check_checksums(these)
+        rows.extend(these)
+        if json_path is not None:
+            _write_json(json_path, rows)
+    return rows
+
+
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "-"
+    if base == 0:
+        return "1.00x" if value == 0 else "inf"
+    return f"{value / base:.2f}x"
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Plain-text table of medians per (workload, mode), with ratios vs ``default``.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        Result rows from :func:`run_bench` / :func:`run_one`.
+
+    Returns
+    -------
+    str
+        The table.
+
+    Raises
+    ------
+    ChecksumMismatch
+        If the rows of one workload disagree on the checksum.
+    """
+    check_checksums(rows)
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["workload"], row["mode"])].append(row)
+
+    def med(workload, mode, key):
+        return _median([r[key] for r in groups.get((workload, mode), [])])
+
+    header = ["workload", "mode", "n", "wall s", "MB moved", "transfers", "peak MB",
+              "max share", "plan ms", "bytes", "wall", "peak"]
+    lines = [header]
+    for workload, mode in groups:
+        wall, moved = med(workload, mode, "wall_s"), med(workload, mode, "bytes_moved")
+        peak, share = med(workload, mode, "peak_memory_bytes"), med(workload, mode, "max_share")
+        lines.append([
+            workload,
+            mode,
+            str(len(groups[(workload, mode)])),
+            f"{wall:.2f}",
+            f"{moved / 1e6:.1f}",
+            f"{med(workload, mode, 'transfers'):.0f}",
+            f"{peak / 1e6:.0f}",
+            "-" if share is None else f"{share:.2f}",
+            f"{1e3 * med(workload, mode, 'plan_s'):.1f}",
+            _ratio(moved, med(workload, "default", "bytes_moved")),
+            _ratio(wall, med(workload, "default", "wall_s")),
+            _ratio(peak, med(workload, "default", "peak_memory_bytes")),
+        ])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    out = []
+    for i, line in enumerate(lines):
+        cells = [c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        out.append("  ".join(cells).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'; "
+               "max share 1/workers is perfect balance")
+    return "\n".join(out)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the ``bench`` subcommand; returns the process exit code."""
+    workloads = [w for w in args.workloads.split(",") if w] if args.workloads else None
+    modes = [m for m in args.modes.split(",") if m]
+    try:
+        rows = run_bench(
+            workloads,
+            modes,
+            workers=args.workers,
+            scale=args.scale,
+            repeat=args.repeat,
+            json_path=args.json,
+            timeout=args.timeout,
+        )
+    except (BenchError, ValueError) as exc:  # includes ChecksumMismatch
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_table(rows))
+    if args.json:
+        print(f"rows written to {args.json}", file=sys.stderr)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to ``parser``."""
+    parser.add_argument("--workloads", default=None,
+                        help="comma-separated workload names (default: all)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated modes (default: {','.join(MODES)})")
+    parser.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    parser.add_argument("--scale", type=float, default=1.0, help="data size multiplier (default 1)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per (workload, mode); the table shows medians")
+    parser.add_argument("--json", default=None, help="write all rows to this JSON file")
+    parser.add_argument("--timeout", type=float, default=1800, help="per-run timeout in seconds")

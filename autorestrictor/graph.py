@@ -1,0 +1,181 @@
+"""Compact integer-indexed task graphs.
+
+The planner never walks Python objects per task more than once: keys are
+numbered in one pass and every later step works on numpy arrays of edges.
+This module knows nothing about Dask's scheduler; it takes plain mappings.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
+
+Key = Hashable
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A task graph as numbered nodes and edge arrays.
+
+    Nodes ``0 .. n_tasks - 1`` are the keys of the ``dependencies`` mapping,
+    in its iteration order. Nodes ``n_tasks .. n - 1`` are *external*: keys
+    that tasks depend on but that are not themselves in the mapping (results
+    already in memory, or computed by an earlier graph).
+
+    An edge ``src[i] -> dst[i]`` means ``dst[i]`` depends on ``src[i]``:
+    data flows from ``src`` to ``dst``.
+    """
+
+    keys: list[Key]
+    index: dict[Key, int]
+    n_tasks: int
+    src: np.ndarray
+    dst: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.keys)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.src)
+
+    def indegree(self) -> np.ndarray:
+        """Number of dependencies of each node. O(edges)."""
+        return np.bincount(self.dst, minlength=self.n)
+
+    def outdegree(self) -> np.ndarray:
+        """Number of dependents of each node. O(edges)."""
+        return np.bincount(self.src, minlength=self.n)
+
+
+class _Numbering(dict):
+    """``key -> node number``; a key seen for the first time gets the next one."""
+
+    def __init__(self, keys: list[Key]):
+        super().__init__(zip(keys, range(len(keys))))
+        self.keys = keys
+
+    def __missing__(self, key: Key) -> int:
+        # A dependency that is not a task of the graph: an external node.
+        i = self[key] = len(self.keys)
+        self.keys.append(key)
+        return i
+
+
+def build_graph(dependencies: Mapping[Key, Iterable[Key]]) -> Graph:
+    """Number the keys of ``dependencies`` and collect its edges into arrays.
+
+    Complexity: O(tasks + edges), one dictionary lookup per edge; no recursion.
+
+    Raises
+    ------
+    TypeError
+        If ``dependencies`` is not a mapping, or a value is not iterable.
+    ValueError
+        If a key depends on itself.
+    """
+    if not isinstance(dependencies, Mapping):
+        raise TypeError(
+            f"dependencies must be a mapping of key -> keys it depends on, "
+            f"got {type(dependencies).__name__}"
+        )
+    keys = list(dependencies)
+    n_tasks = len(keys)
+    numbering = _Numbering(keys)
+    try:
+        deps = [d if isinstance(d, (set, frozenset, list, tuple)) else list(d)
+                for d in dependencies.values()]
+    except TypeError as e:
+        raise TypeError(
+            "every value of dependencies must be an iterable of keys"
+        ) from e
+    counts = np.fromiter(map(len, deps), dtype=np.int64, count=n_tasks)
+    n_edges = int(counts.sum())
+    src = np.fromiter(
+        map(numbering.__getitem__, itertools.chain.from_iterable(deps)),
+        dtype=np.int64,
+        count=n_edges,
+    )
+    dst = np.repeat(np.arange(n_tasks, dtype=np.int64), counts)
+    loops = src == dst
+    if loops.any():
+        bad = keys[int(dst[loops][0])]
+        raise ValueError(f"key {bad!r} depends on itself; a task graph must be acyclic")
+    return Graph(keys=keys, index=numbering, n_tasks=n_tasks, src=src, dst=dst)
+
+
+def adjacency(n: int, src: np.ndarray, dst: np.ndarray) -> sparse.csr_matrix:
+    """Sparse ``n x n`` matrix with a one at ``(src[i], dst[i])``. O(edges)."""
+    return sparse.csr_matrix(
+        (np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)
+    )
+
+
+def distance_to_terminals(g: Graph, terminals: np.ndarray) -> np.ndarray:
+    """Fewest edges from each node to a terminal (a node no other task needs).
+
+    Walks the graph breadth-first from a virtual node joined to every terminal,
+    following edges from dependents to their dependencies. Distances are then
+    read off the breadth-first tree by pointer jumping (each round doubles
+    the jump), so a 100,000-long chain costs 17 vectorised rounds, never a
+    recursion. Nodes no terminal can reach (only in cyclic input) get -1.
+
+    Complexity: O((tasks + edges) + tasks * log(depth)).
+    """
+    n = g.n
+    super_node = n
+    t = np.flatnonzero(terminals)
+    rows = np.concatenate([g.dst, np.full(len(t), super_node, dtype=np.int64)])
+    cols = np.concatenate([g.src, t])
+    a = adjacency(n + 1, rows, cols)
+    _, pred = csgraph.breadth_first_order(
+        a, super_node, directed=True, return_predecessors=True
+    )
+    reached = pred >= 0
+    reached[super_node] = True
+    jump = np.where(pred >= 0, pred, super_node)
+    dist = (pred >= 0).astype(np.int64)
+    # Pointer jumping: after round r every node knows its distance to the
+    # ancestor 2**r steps up the tree, or to the virtual node if that is nearer.
+    while True:
+        done = jump == super_node
+        if done.all():
+            break
+        dist = np.where(done, dist, dist + dist[jump])
+        jump = jump[jump]
+    depth = dist[:n] - 1  # terminals are at depth 0
+    depth[~reached[:n]] = -1
+    return depth
+
+
+def preorder_from_terminals(g: Graph, terminals: np.ndarray) -> np.ndarray:
+    """A rank for every node: depth-first from the terminals into their inputs.
+
+    Used as the locality order when no dask.order priority is given: in a
+    depth-first walk each subtree is visited contiguously, so cutting this
+    order into runs cuts few edges. Depends only on the graph's structure and
+    the order of its keys, never on key names.
+
+    Complexity: O(tasks + edges) (scipy's depth-first search).
+    """
+    n = g.n
+    super_node = n
+    t = np.flatnonzero(terminals)
+    rows = np.concatenate([g.dst, np.full(len(t), super_node, dtype=np.int64)])
+    cols = np.concatenate([g.src, t])
+    order = csgraph.depth_first_order(
+        adjacency(n + 1, rows, cols), super_node, directed=True,
+        return_predecessors=False,
+    )
+    rank = np.full(n + 1, n + 1, dtype=np.int64)  # unreached nodes sort last
+    rank[order] = np.arange(len(order))
+    rank = rank[:n]
+    unreached = rank > n
+    rank[unreached] = len(order) + np.arange(int(unreached.sum()))
+    return rank

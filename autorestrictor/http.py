@@ -1,0 +1,35 @@
+"""``/autorestrictor/plans.json`` on the scheduler's HTTP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from tornado import web
+
+logger = logging.getLogger("autorestrictor")
+
+ROUTE = "/autorestrictor/plans.json"
+
+
+class PlansJSON(web.RequestHandler):
+    def initialize(self, dask_server=None) -> None:
+        self.server = dask_server
+
+    def get(self) -> None:
+        plugin = self.server.plugins.get("autorestrictor")
+        plans = list(plugin.history) if plugin is not None else []
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({"plans": plans}, default=str))
+
+
+def add_routes(scheduler) -> None:
+    """Serve the plan history, if the scheduler runs an HTTP server."""
+    app = getattr(scheduler, "http_application", None)
+    if app is None:
+        logger.info("scheduler has no HTTP server: %s is not served", ROUTE)
+        return
+    if getattr(scheduler, "_autorestrictor_routes", False):
+        return
+    app.add_application(web.Application([(ROUTE, PlansJSON, {"dask_server": scheduler})]))
+    scheduler._autorestrictor_routes = True

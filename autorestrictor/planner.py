@@ -1,0 +1,642 @@
+"""The planner: which tasks go to which worker.
+
+Pure: plain mappings in, a :class:`Plan` out. It never imports
+``distributed``, so it is tested in bulk and simulated at any scale.
+
+It follows the six steps of the AutoRestrictor pull request
+(dask/distributed#4864), each made linear in tasks plus edges and aware of
+data sizes and balance:
+
+1. roots: tasks with no dependencies;
+2. terminals: tasks no other task needs;
+3. the partition layer: walk down from the terminals until the layer is wide
+   enough to give every worker thread work; tasks above it (the last steps
+   of a reduction) are left to Dask, which places them next to their inputs;
+4. and 5. groups: tasks below the layer that share inputs are one group
+   (connected components), except across *light* edges, whose data is
+   cheap to send anywhere (a scalar, a global mean);
+6. assignment: groups are laid out in priority order (dask.order keeps
+   neighbours together) and dealt out to workers in contiguous runs
+   weighted by threads; a group larger than a worker's share is split along
+   that order; groups whose inputs are already in memory follow them; a
+   group that cannot be split without moving most of its data (an
+   all-to-all) is left to Dask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+from scipy.sparse import csgraph
+
+from autorestrictor.config import Options
+from autorestrictor.graph import (
+    Graph,
+    adjacency,
+    build_graph,
+    distance_to_terminals,
+    preorder_from_terminals,
+)
+
+logger = logging.getLogger("autorestrictor")
+
+Key = Hashable
+
+#: Items no larger than this fraction of the smallest worker share are dealt
+#: out in one vectorised pass (each lands where its midpoint falls, so a
+#: worker is off its share by at most half an item); larger items go through
+#: the sequential pass that never splits them.
+_SMALL_ITEM = 0.05
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the planner decided for one graph.
+
+    Attributes
+    ----------
+    workers:
+        Worker addresses, in the order the planner dealt work to them.
+    keys, worker_of:
+        The pinned keys and, for each, an index into ``workers``.
+    piece_of:
+        For each pinned key, the piece (a group, or part of a split group)
+        it belongs to. All keys of a piece are on one worker.
+    n_tasks:
+        Tasks in the graph (keys of ``dependencies``).
+    n_groups:
+        Groups formed (before any split), counting only pinned ones.
+    predicted_bytes:
+        Bytes the plan expects to cross workers: inputs of pinned tasks that
+        live on another worker, plus, for each task left to Dask, its inputs
+        not on the worker holding most of them.
+    reason:
+        ``None`` when the plan pins tasks; otherwise why it stepped back.
+    notes:
+        Decisions worth knowing (groups left to Dask as all-to-all, ...).
+    plan_s:
+        Seconds spent planning.
+    """
+
+    workers: list[str]
+    keys: list[Key]
+    worker_of: np.ndarray
+    piece_of: np.ndarray
+    n_tasks: int
+    n_groups: int = 0
+    predicted_bytes: int = 0
+    reason: str | None = None
+    notes: tuple[str, ...] = ()
+    plan_s: float = 0.0
+    cost_of: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def applied(self) -> bool:
+        """True when the plan pins at least one task."""
+        return self.reason is None
+
+    @property
+    def n_pinned(self) -> int:
+        return len(self.keys)
+
+    @property
+    def n_pieces(self) -> int:
+        return len(np.unique(self.piece_of)) if len(self.piece_of) else 0
+
+    @cached_property
+    def assignment(self) -> dict[Key, str]:
+        """``key -> worker address`` for every pinned key; others are absent."""
+        addrs = [self.workers[i] for i in range(len(self.workers))]
+        return dict(zip(self.keys, map(addrs.__getitem__, self.worker_of.tolist())))
+
+    @cached_property
+    def load(self) -> dict[str, float]:
+        """Pinned work (task count, or the given costs) per worker address."""
+        cost = self.cost_of if self.cost_of is not None else None
+        per = np.bincount(self.worker_of, weights=cost, minlength=len(self.workers))
+        return {w: float(x) for w, x in zip(self.workers, per)}
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-able record of the plan."""
+        return {
+            "n_tasks": self.n_tasks,
+            "n_pinned": self.n_pinned,
+            "n_groups": self.n_groups,
+            "n_pieces": self.n_pieces,
+            "predicted_bytes": int(self.predicted_bytes),
+            "pinned_per_worker": {w: x for w, x in self.load.items() if x},
+            "plan_s": self.plan_s,
+            "reason": self.reason,
+            "notes": list(self.notes),
+        }
+
+
+def plan(
+    dependencies: Mapping[Key, Iterable[Key]],
+    workers: Mapping[str, int],
+    *,
+    nbytes: Mapping[Key, float] | None = None,
+    priority: Mapping[Key, float] | None = None,
+    who_has: Mapping[Key, str | Collection[str]] | None = None,
+    skip: Collection[Key] = (),
+    cost: Mapping[Key, float] | None = None,
+    **options: Any,
+) -> Plan:
+    """Decide which tasks of a graph to pin to which worker.
+
+    Parameters
+    ----------
+    dependencies:
+        ``key -> keys it depends on``. Dependencies that are not keys of the
+        mapping are results computed elsewhere (in memory, or by an earlier
+        graph); they are never pinned.
+    workers:
+        ``address -> number of threads``.
+    nbytes:
+        Estimated output size of keys. Missing keys count as a typical task
+        (the bytes-weighted median of the known sizes).
+    priority:
+        ``key -> number``, lower runs first (the last element of Dask's
+        priority tuple, from ``dask.order``). Without it, a depth-first order
+        from the outputs is used.
+    who_has:
+        ``key -> worker address`` (or addresses) for keys whose worker is
+        already decided: results in memory, or tasks pinned by someone else.
+        Work that consumes them follows them.
+    skip:
+        Keys the planner must not pin and whose location is unknown (actors,
+        tasks with resource or host restrictions, opted-out tasks).
+    cost:
+        ``key -> relative compute cost``; 1 per task when missing.
+    **options:
+        Overrides of the configuration (``autorestrictor.yaml``), e.g.
+        ``min_tasks=1``, ``balance_tolerance=0.1``.
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    TypeError, ValueError
+        For malformed inputs or options, naming what is wrong.
+
+    Examples
+    --------
+    Two independent chains on two workers land whole, one per worker:
+
+    >>> deps = {"a1": [], "b1": ["a1"], "a2": [], "b2": ["a2"]}
+    >>> p = plan(deps, {"w1": 1, "w2": 1}, min_tasks=1)
+    >>> p.assignment["a1"] == p.assignment["b1"] != p.assignment["a2"]
+    True
+
+    Notes
+    -----
+    Complexity: O(tasks + edges) array work plus O(tasks log tasks) for two
+    sorts in C; Python-level loops run once per key (numbering) and once per
+    piece of a split group, never per edge or recursively.
+    """
+    opts = Options.from_config(**options)
+    start = perf_counter()
+    addrs, threads = _check_workers(workers)
+    g = build_graph(dependencies)
+
+    def step_back(reason: str) -> Plan:
+        return Plan(
+            workers=addrs, keys=[], worker_of=np.zeros(0, np.int64),
+            piece_of=np.zeros(0, np.int64), n_tasks=g.n_tasks, reason=reason,
+            plan_s=perf_counter() - start,
+        )
+
+    if g.n_tasks < opts.min_tasks:
+        return step_back(f"graph has {g.n_tasks} tasks, fewer than min-tasks={opts.min_tasks}")
+    if len(addrs) < 2:
+        return step_back(f"{len(addrs)} worker(s): nothing to choose between")
+
+    size = _sizes(g, nbytes)
+    located = _located(g, who_has, addrs)
+    cost_arr = _per_node(g, cost, default=1.0, name="cost")
+    pinnable = np.zeros(g.n, dtype=bool)
+    pinnable[: g.n_tasks] = True
+    pinnable &= located < 0
+    if skip:
+        pinnable[_indices(g, skip)] = False
+
+    # Steps 1 and 2.
+    roots = find_roots(g)
+    terminals = find_terminals(g)
+    rank = _ranks(g, priority, terminals)
+
+    # Step 3.
+    target = max(2, int(np.ceil(opts.partition_factor * threads.sum())))
+    depth = distance_to_terminals(g, terminals)
+    layer_depth, width = partition_layer(depth, roots, target)
+    if width < 2:
+        return step_back(
+            f"widest layer of the graph has {width} task(s): no parallelism to spread"
+        )
+    lower = (depth >= layer_depth) | roots | (depth < 0)
+    pinnable &= lower
+
+    # Steps 4 and 5.
+    heavy = size[g.src] >= opts.light_edge_fraction * _typical_size(size)
+    comp = find_groups(g, lower & (pinnable | (located >= 0)), heavy)
+
+    # Step 6.
+    worker_of, piece_of, notes = assign(
+        g, comp, pinnable, rank, depth, cost_arr, size, located, heavy, threads, opts
+    )
+    pinned = np.flatnonzero(worker_of >= 0)
+    predicted = predicted_transfer(g, worker_of, located, size)
+    if len(pinned) == 0:
+        return step_back("; ".join(notes) or "no task could be pinned")
+    moved_by_plan = predicted / max(1.0, float(size[np.unique(g.src)].sum()))
+    if moved_by_plan > opts.max_cut_fraction:
+        return step_back(
+            f"best plan still moves {moved_by_plan:.0%} of the graph's bytes "
+            f"(max-cut-fraction={opts.max_cut_fraction}): no partition helps"
+        )
+    n_groups = len(np.unique(comp[pinned]))
+    keys = [g.keys[i] for i in pinned.tolist()]
+    return Plan(
+        workers=addrs, keys=keys, worker_of=worker_of[pinned],
+        piece_of=piece_of[pinned], n_tasks=g.n_tasks, n_groups=n_groups,
+        predicted_bytes=int(predicted), notes=tuple(notes),
+        plan_s=perf_counter() - start,
+        cost_of=None if cost is None else cost_arr[pinned],
+    )
+
+
+# ---------------------------------------------------------------------------
+# The six steps
+# ---------------------------------------------------------------------------
+
+
+def find_roots(g: Graph) -> np.ndarray:
+    """Step 1. Mask of nodes with no dependencies. O(edges)."""
+    return g.indegree() == 0
+
+
+def find_terminals(g: Graph) -> np.ndarray:
+    """Step 2. Mask of nodes no other node depends on. O(edges)."""
+    return g.outdegree() == 0
+
+
+def partition_layer(depth: np.ndarray, roots: np.ndarray, target: int) -> tuple[int, int]:
+    """Step 3. How far below the terminals the partition layer sits.
+
+    The layer at depth ``d`` holds the tasks at distance ``d`` from the
+    nearest terminal, plus the roots nearer than that (a root cannot move
+    further down). It starts at the terminals and moves down until it holds
+    ``target`` tasks; if it never does, the widest layer is used.
+
+    Returns ``(depth of the layer, number of tasks in it)``.
+
+    Complexity: O(tasks) (two ``bincount`` calls and a cumulative sum).
+    """
+    reached = depth >= 0
+    if not reached.any():
+        return 0, int(roots.sum())
+    size = int(depth.max()) + 1
+    at = np.bincount(depth[reached & ~roots], minlength=size)
+    roots_at = np.bincount(depth[reached & roots], minlength=size)
+    roots_above = np.concatenate([[0], np.cumsum(roots_at)[:-1]])
+    width = at + roots_at + roots_above
+    wide = np.flatnonzero(width >= target)
+    d = int(wide[0]) if len(wide) else int(np.argmax(width))
+    return d, int(width[d])
+
+
+def find_groups(g: Graph, member: np.ndarray, heavy: np.ndarray) -> np.ndarray:
+    """Steps 4 and 5. Label each node with its group.
+
+    Two members are in one group when a path of heavy edges between members
+    joins them, that is when they share (heavy) inputs, directly or through
+    other members. This is the seed's "partition nodes sharing roots land in
+    the same group", computed as connected components instead of root sets,
+    so shared ancestors are visited once, not once per descendant.
+
+    Complexity: O(tasks + edges) (scipy's connected components).
+    """
+    keep = heavy & member[g.src] & member[g.dst]
+    _, labels = csgraph.connected_components(
+        adjacency(g.n, g.src[keep], g.dst[keep]), directed=True, connection="weak"
+    )
+    return labels
+
+
+def assign(
+    g: Graph,
+    comp: np.ndarray,
+    pinnable: np.ndarray,
+    rank: np.ndarray,
+    depth: np.ndarray,
+    cost: np.ndarray,
+    size: np.ndarray,
+    located: np.ndarray,
+    heavy: np.ndarray,
+    threads: np.ndarray,
+    opts: Options,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
+
+    a. Lay the pinnable nodes out in order: groups by their first task in
+       priority order, and within a group by priority.
+    b. Split each group heavier than ``(1 + balance-tolerance)`` worker
+       shares, and with more than one task side by side, into share-sized
+       pieces along that order (contiguous runs of priority tend to be
+       neighbours, so halos and tree reductions get few seams). A chain is
+       never split: its tasks run one after another anyway.
+    c. A piece that reads data already placed (in memory) goes where most of
+       that data is.
+    d. The other pieces are dealt out in order, in contiguous runs, each
+       worker receiving its share of what is left weighted by its threads.
+    e. A split group whose seams would carry more than ``max-cut-fraction``
+       of its internal bytes is an all-to-all: it is left to Dask.
+
+    Returns ``(worker per node, piece per node, notes)``.
+
+    Complexity: O(tasks + edges) plus sorts in C and a Python loop over
+    pieces only when pieces are large compared with a worker's share.
+    """
+    n_workers = len(threads)
+    worker_of = np.full(g.n, -1, dtype=np.int64)
+    piece_of = np.full(g.n, -1, dtype=np.int64)
+    notes: list[str] = []
+    nodes = np.flatnonzero(pinnable)
+    if len(nodes) == 0:
+        return worker_of, piece_of, ["no task is free to pin"]
+
+    # a. Order: groups by their first task, then tasks by priority.
+    c = comp[nodes]
+    first = np.full(comp.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, c, rank[nodes])
+    order = np.lexsort((rank[nodes], c, first[c]))
+    nodes, c = nodes[order], c[order]
+    w = cost[nodes]
+
+    # b. Split heavy groups with parallelism along that order.
+    total = float(w.sum())
+    share = total / threads.sum()  # fair work per thread
+    biggest_share = share * threads.max()
+    comp_load = np.bincount(c, weights=w, minlength=len(first))
+    wide = _widths(c, depth[nodes], len(first)) > 1
+    split = (comp_load > (1 + opts.balance_tolerance) * biggest_share) & wide
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    run_start = np.repeat(np.cumsum(w)[starts] - w[starts], np.diff(np.r_[starts, len(c)]))
+    mid = np.cumsum(w) - w / 2 - run_start  # midpoint of a task within its group
+    sub = np.where(split[c], np.floor(mid / (share * threads.mean())), 0).astype(np.int64)
+    boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
+    piece = np.cumsum(boundary) - 1
+    piece_load = np.bincount(piece, weights=w)
+    piece_comp = c[boundary]
+
+    # c. Pieces that read placed data follow it.
+    piece_worker = np.full(len(piece_load), -1, dtype=np.int64)
+    node_piece = np.full(g.n, -1, dtype=np.int64)
+    node_piece[nodes] = piece
+    e = heavy & (located[g.src] >= 0) & (node_piece[g.dst] >= 0)
+    if e.any():
+        p, wk, b = node_piece[g.dst[e]], located[g.src[e]], size[g.src[e]]
+        pair = p * n_workers + wk
+        uniq, inv = np.unique(pair, return_inverse=True)
+        sums = np.bincount(inv, weights=b)
+        best = np.lexsort((-sums, uniq // n_workers))  # per piece, most bytes first
+        first_of_piece = np.r_[True, np.diff(uniq[best] // n_workers) != 0]
+        chosen = uniq[best][first_of_piece]
+        piece_worker[chosen // n_workers] = chosen % n_workers
+
+    # d. Deal the other pieces out in contiguous runs.
+    free = piece_worker < 0
+    placed_load = np.bincount(piece_worker[~free], weights=piece_load[~free], minlength=n_workers)
+    capacity = np.maximum(total * threads / threads.sum() - placed_load, 0.0)
+    piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance)
+    worker_of[nodes] = piece_worker[piece]
+    piece_of[nodes] = piece
+
+    # e. Leave all-to-all groups to Dask.
+    if split.any():
+        inner = (comp[g.src] == comp[g.dst]) & (worker_of[g.src] >= 0) & (worker_of[g.dst] >= 0)
+        inner &= split[np.minimum(comp[g.src], len(split) - 1)]
+        ec = comp[g.src[inner]]
+        b = size[g.src[inner]]
+        crossing = worker_of[g.src[inner]] != worker_of[g.dst[inner]]
+        frac = np.bincount(ec, weights=b * crossing, minlength=len(split)) / np.maximum(
+            np.bincount(ec, weights=b, minlength=len(split)), 1e-300
+        )
+        bad = split & (frac > opts.max_cut_fraction)
+        if bad.any():
+            drop = bad[comp] & (worker_of >= 0)
+            worker_of[drop] = -1
+            piece_of[drop] = -1
+            notes.append(
+                f"{int(bad.sum())} group(s) of {int(drop.sum())} tasks left to Dask: "
+                f"splitting them would move {float(frac[bad].max()):.0%} of their "
+                f"bytes (all-to-all; max-cut-fraction={opts.max_cut_fraction})"
+            )
+    return worker_of, piece_of, notes
+
+
+def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarray:
+    """Deal items (in order) to workers in contiguous runs. Returns a worker per item.
+
+    Each worker takes items until it reaches its share of what is left; it
+    takes one more item only if that keeps it within ``1 + tolerance`` of its
+    share and brings it closer to the share than stopping short would. Shares are recomputed at each change of worker, so an early
+    overshoot is absorbed by the rest. Small items are dealt in one
+    vectorised pass: each goes to the worker whose share its midpoint falls in.
+
+    Complexity: O(items) (vectorised), or one Python step per item when some
+    item is large compared with a share (then items are few).
+    """
+    n_items = len(load)
+    if n_items == 0:
+        return np.zeros(0, dtype=np.int64)
+    if capacity.sum() <= 0:  # everyone is full with placed data: spread evenly
+        capacity = np.ones_like(capacity)
+    total = float(load.sum())
+    capacity = capacity * (total / capacity.sum())
+    positive = capacity[capacity > 0]
+    if load.max() <= _SMALL_ITEM * positive.min():
+        edges = np.cumsum(capacity)
+        mid = np.cumsum(load) - load / 2
+        return np.minimum(np.searchsorted(edges, mid, side="right"), len(capacity) - 1)
+
+    out = np.empty(n_items, dtype=np.int64)
+    last = len(capacity) - 1
+    cur, filled, left = 0, 0.0, total
+    cap = capacity[0]
+    loads = load.tolist()
+    for i, x in enumerate(loads):
+        while cur < last and (cap <= 0 or (filled > 0 and _better_without(filled, x, cap, tolerance))):
+            left -= filled
+            cur, filled = cur + 1, 0.0
+            cap = left * capacity[cur] / capacity[cur:].sum()
+        out[i] = cur
+        filled += x
+        if cur < last and filled >= cap:
+            left -= filled
+            cur, filled = cur + 1, 0.0
+            cap = left * capacity[cur] / capacity[cur:].sum()
+    return out
+
+
+def _better_without(filled: float, x: float, cap: float, tolerance: float) -> bool:
+    over = filled + x - cap
+    return over > tolerance * cap or over > cap - filled
+
+
+def _widths(c: np.ndarray, depth: np.ndarray, n_comp: int) -> np.ndarray:
+    """Largest number of tasks of one group at one depth (1 for a chain). O(n log n)."""
+    d = depth - depth.min()
+    uniq, counts = np.unique(c * (int(d.max()) + 1) + d, return_counts=True)
+    width = np.zeros(n_comp, dtype=np.int64)
+    np.maximum.at(width, uniq // (int(d.max()) + 1), counts)
+    return width
+
+
+def predicted_transfer(
+    g: Graph, worker_of: np.ndarray, located: np.ndarray, size: np.ndarray
+) -> float:
+    """Bytes the plan expects to cross workers.
+
+    An output is sent once to each other worker that needs it. A task left to
+    Dask is assumed to run where most of its (placed) inputs are.
+
+    Complexity: O(edges log edges) (one ``np.unique`` over edges).
+    """
+    where = np.where(worker_of >= 0, worker_of, located)
+    n_w = int(where.max()) + 1 if (where >= 0).any() else 1
+    src_w, dst_w = where[g.src], where[g.dst]
+    known = src_w >= 0
+    # Pinned destinations: send each output once per other worker.
+    cross = known & (dst_w >= 0) & (src_w != dst_w)
+    pairs = np.unique(g.src[cross] * n_w + dst_w[cross])
+    total = float(size[pairs // n_w].sum())
+    # Destinations left to Dask: everything but the largest local share moves.
+    free = known & (dst_w < 0) & (g.dst < g.n_tasks)
+    if free.any():
+        d, wk, b = g.dst[free], src_w[free], size[g.src[free]]
+        uniq, inv = np.unique(d * n_w + wk, return_inverse=True)
+        per = np.bincount(inv, weights=b)
+        owner = uniq // n_w
+        best = np.zeros(int(owner.max()) + 1)
+        np.maximum.at(best, owner, per)
+        total += float(per.sum() - best[np.unique(owner)].sum())
+    return total
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+def _check_workers(workers: Mapping[str, int]) -> tuple[list[str], np.ndarray]:
+    if not isinstance(workers, Mapping):
+        raise TypeError(
+            f"workers must be a mapping of address -> thread count, got {type(workers).__name__}"
+        )
+    addrs = list(workers)
+    threads = []
+    for a, t in workers.items():
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+            raise ValueError(f"worker {a!r} has {t!r} threads; expected an integer >= 1")
+        threads.append(int(t))
+    return addrs, np.asarray(threads, dtype=np.float64)
+
+
+def _indices(g: Graph, keys: Iterable[Key]) -> np.ndarray:
+    get = g.index.get
+    idx = np.fromiter((get(k, -1) for k in keys), dtype=np.int64)
+    return idx[idx >= 0]
+
+
+def _per_node(
+    g: Graph,
+    values: Mapping[Key, float] | None,
+    default: float,
+    name: str,
+    nonnegative: bool = True,
+) -> np.ndarray:
+    """Spread ``key -> number`` over the nodes; ``default`` where absent or None."""
+    out = np.full(g.n, np.nan)
+    if values:
+        if not isinstance(values, Mapping):
+            raise TypeError(f"{name} must be a mapping of key -> number")
+        get = g.index.get
+        idx = np.fromiter((get(k, -1) for k in values), dtype=np.int64, count=len(values))
+        try:
+            arr = np.asarray(list(values.values()), dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name} values must be numbers (or None)") from e
+        if arr.ndim != 1:
+            raise ValueError(f"{name} values must be numbers, not sequences")
+        bad = np.isinf(arr) | (arr < 0 if nonnegative else False)
+        if bad.any():
+            raise ValueError(
+                f"{name} values must be finite numbers{' >= 0' if nonnegative else ''}"
+            )
+        hit = idx >= 0
+        out[idx[hit]] = arr[hit]
+    out[np.isnan(out)] = default
+    return out
+
+
+def _sizes(g: Graph, nbytes: Mapping[Key, float] | None) -> np.ndarray:
+    size = _per_node(g, nbytes, default=np.nan, name="nbytes")
+    known = ~np.isnan(size)
+    size[~known] = _typical_size(size[known]) if known.any() else 1.0
+    return size
+
+
+def _typical_size(size: np.ndarray) -> float:
+    """The bytes-weighted median: half of all bytes are in outputs at least this big.
+
+    Unlike the plain median it is not dragged down by many tiny outputs (a
+    tree of scalars), and unlike the maximum one huge output cannot move it.
+    """
+    size = size[size > 0]
+    if len(size) == 0:
+        return 1.0
+    s = np.sort(size)
+    cum = np.cumsum(s)
+    return float(s[np.searchsorted(cum, cum[-1] / 2)])
+
+
+def _located(
+    g: Graph, who_has: Mapping[Key, str | Collection[str]] | None, addrs: list[str]
+) -> np.ndarray:
+    located = np.full(g.n, -1, dtype=np.int64)
+    if not who_has:
+        return located
+    if not isinstance(who_has, Mapping):
+        raise TypeError("who_has must be a mapping of key -> worker address(es)")
+    widx = {a: i for i, a in enumerate(addrs)}
+    for k, where in who_has.items():
+        i = g.index.get(k)
+        if i is None:
+            continue
+        holders = [where] if isinstance(where, str) else sorted(where)
+        for h in holders:
+            if h in widx:
+                located[i] = widx[h]
+                break
+    return located
+
+
+def _ranks(g: Graph, priority: Mapping[Key, float] | None, terminals: np.ndarray) -> np.ndarray:
+    """Rank 0..n-1 of every node in run order (lower first)."""
+    fallback = preorder_from_terminals(g, terminals)
+    if not priority:
+        return fallback
+    p = _per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
+    order = np.lexsort((fallback, p))  # unknown priorities go last, in structural order
+    rank = np.empty(g.n, dtype=np.int64)
+    rank[order] = np.arange(g.n)
+    return rank

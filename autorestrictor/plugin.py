@@ -1,0 +1,413 @@
+"""The scheduler plugin: a thin adapter between the scheduler and the planner.
+
+It reads the new tasks of each graph from ``scheduler.tasks``, asks
+:func:`autorestrictor.plan` where they should run, and applies the answer as
+worker restrictions before the scheduler transitions the tasks. It then keeps
+its promises as the cluster changes: pins to a worker that leaves are moved
+to the survivors, and a worker that joins takes over groups that have not
+started.
+
+Pins are *hard* restrictions (``loose_restrictions=False``). With loose
+ones, the work-stealing extension lets any idle worker take a pinned task,
+and every stolen root drags its output back across the network, which is
+exactly the traffic the plan avoids. Hard pins are only safe because this
+plugin re-homes them whenever a worker leaves (``remove_worker``), in the
+same event-loop tick in which the scheduler parks them in ``no-worker``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import defaultdict, deque
+from time import perf_counter, time
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from autorestrictor.config import Options
+from autorestrictor.planner import Plan, plan
+
+logger = logging.getLogger("autorestrictor")
+
+TOPIC = "autorestrictor"
+
+#: Task states in which a pin still matters: the task has not run yet.
+_PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
+
+
+class AutoRestrictor(SchedulerPlugin):
+    """Pin groups of related tasks to one worker each.
+
+    Parameters
+    ----------
+    **options:
+        Overrides of ``autorestrictor.*`` configuration keys, with
+        underscores for hyphens: ``AutoRestrictor(min_tasks=10)``. Unset
+        options are read from ``dask.config`` here, at construction.
+
+    Raises
+    ------
+    ValueError
+        If an option has a value the schema does not allow.
+
+    Examples
+    --------
+    >>> client.register_plugin(AutoRestrictor())  # doctest: +SKIP
+    """
+
+    name = "autorestrictor"
+
+    def __init__(self, **options: Any):
+        self.options = Options.from_config(**options)
+        self.history: deque[dict] = deque(maxlen=self.options.history)
+        # worker address -> pieces (lists of keys) this plugin pinned there.
+        self.pieces: dict[str, list[list]] = defaultdict(list)
+        self.scheduler = None
+        self._n_plans = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self, scheduler) -> None:
+        self._attach(scheduler)
+
+    def _attach(self, scheduler) -> None:
+        if self.scheduler is scheduler:
+            return
+        self.scheduler = scheduler
+        from autorestrictor.http import add_routes
+
+        add_routes(scheduler)
+
+    def restart(self, scheduler) -> None:
+        # Every task is forgotten on restart; so are our pins.
+        self.pieces.clear()
+
+    # -- graphs --------------------------------------------------------------
+
+    def update_graph(
+        self,
+        scheduler,
+        *,
+        client: str,
+        keys: set,
+        tasks: list,
+        annotations: dict,
+        priority: dict,
+        stimulus_id: str,
+        **kwargs: Any,
+    ) -> None:
+        self._attach(scheduler)
+        if not self.options.enabled:
+            return
+        start = perf_counter()
+        self._n_plans += 1
+        try:
+            p = self._plan(scheduler, tasks, annotations)
+        except Exception as e:  # the planner must never break a computation
+            logger.exception("planning failed; graph left to Dask: %r", e)
+            self._record(
+                {"n_tasks": len(tasks), "reason": f"planning failed: {e!r}"},
+                start, level=logging.WARNING,
+            )
+            return
+        if not p.applied:
+            level = logging.DEBUG if "min-tasks" in (p.reason or "") else logging.INFO
+            self._record(p.summary(), start, level=level)
+            return
+        try:
+            self._apply(scheduler, p)
+        except Exception as e:
+            logger.exception("applying the plan failed; graph left to Dask: %r", e)
+            self._record(
+                {**p.summary(), "reason": f"applying failed: {e!r}"},
+                start, level=logging.WARNING,
+            )
+            return
+        self._record(p.summary(), start)
+
+    def _plan(self, scheduler, keys: list, annotations: dict) -> Plan:
+        """Read the graph from scheduler state and call the planner.
+
+        Touched tasks that must not move (already placed, restricted by the
+        user or by P2P, actors, opted out, no longer ``released``) stay in
+        the graph so its shape is right, as located or skipped nodes.
+        """
+        tasks = scheduler.tasks
+        opted_out = annotations.get("autorestrict", {})
+        dependencies: dict = {}
+        nbytes: dict = {}
+        priority: dict = {}
+        who_has: dict = {}
+        skip: list = []
+        for key in keys:
+            ts = tasks.get(key)
+            if ts is None:
+                continue
+            dependencies[key] = [dts.key for dts in ts.dependencies]
+            if ts.priority is not None:
+                priority[key] = ts.priority[-1]
+            if ts.nbytes >= 0:
+                nbytes[key] = ts.nbytes
+            if not _free(ts, opted_out):
+                where = _where(ts)
+                if where is not None:
+                    who_has[key] = where
+                else:
+                    skip.append(key)
+            for dts in ts.dependencies:
+                if dts.key not in dependencies and dts.who_has:
+                    who_has[dts.key] = [ws.address for ws in dts.who_has]
+                    nbytes[dts.key] = dts.get_nbytes()
+        workers = {ws.address: ws.nthreads for ws in scheduler.running}
+        return plan(
+            dependencies, workers, nbytes=nbytes, priority=priority,
+            who_has=who_has, skip=skip, **_planner_options(self.options),
+        )
+
+    def _apply(self, scheduler, p: Plan) -> None:
+        """Pin each planned key. All or nothing: a failure undoes what was done."""
+        tasks = scheduler.tasks
+        done = []
+        by_piece: dict[int, list] = defaultdict(list)
+        try:
+            for key, w, piece in zip(p.keys, p.worker_of.tolist(), p.piece_of.tolist()):
+                ts = tasks[key]
+                addr = p.workers[w]
+                ts.worker_restrictions = {addr}
+                ts.loose_restrictions = False
+                done.append(ts)
+                by_piece[piece].append(key)
+        except BaseException:
+            for ts in done:
+                ts.worker_restrictions = set()
+            raise
+        for piece, keys in by_piece.items():
+            addr = tasks[keys[0]].worker_restrictions
+            self.pieces[next(iter(addr))].append(keys)
+        self._prune()
+
+    # -- workers -------------------------------------------------------------
+
+    def remove_worker(self, scheduler, worker: str, *, stimulus_id: str, **kwargs: Any) -> None:
+        """Move the pending pieces of a departed worker onto the survivors.
+
+        Runs after the scheduler has released the worker's tasks; the ones
+        pinned to it sit in ``no-worker``. Each piece goes whole to the
+        survivor with the least pinned work per thread, and whatever is
+        runnable is sent to it at once.
+        """
+        self._attach(scheduler)
+        pieces = self.pieces.pop(worker, [])
+        live = [keys for keys in (self._pending(scheduler, k, worker) for k in pieces) if keys]
+        if not live:
+            return
+        running = list(scheduler.running)
+        if not running:
+            # No worker at all: nothing can run anyway. Unpin, so the
+            # scheduler treats these tasks like any other when workers come.
+            self._unpin(scheduler, [k for keys in live for k in keys], "no running worker left")
+            return
+        heap = [(self._pinned_load(scheduler, ws.address) / ws.nthreads, ws.address, ws.nthreads)
+                for ws in running]
+        heapq.heapify(heap)
+        moved = 0
+        recs: dict = {}
+        for keys in sorted(live, key=len, reverse=True):
+            load, addr, nthreads = heapq.heappop(heap)
+            self._repin(scheduler, keys, addr, recs)
+            self.pieces[addr].append(keys)
+            moved += len(keys)
+            heapq.heappush(heap, (load + len(keys) / nthreads, addr, nthreads))
+        scheduler.transitions(recs, stimulus_id)
+        msg = {"action": "worker-removed", "worker": worker, "pieces": len(live), "tasks": moved}
+        scheduler.log_event(TOPIC, msg)
+        logger.info("worker %s left: %d pinned task(s) in %d piece(s) moved to %d survivor(s)",
+                    worker, moved, len(live), len(running))
+
+    def add_worker(self, scheduler, worker: str) -> None:
+        """Give a new worker its share of the pieces that have not started.
+
+        Pieces are taken whole, from the most loaded workers first. Tasks
+        not yet sent are simply re-pinned; tasks already sent but not
+        running are asked back through the work-stealing extension, which
+        only moves them if the old worker has not started them.
+        """
+        self._attach(scheduler)
+        ws_new = scheduler.workers.get(worker)
+        if ws_new is None or not self.pieces:
+            return
+        self._prune()
+        total_threads = sum(ws.nthreads for ws in scheduler.running) or 1
+        movable: list[tuple[int, str, list]] = []
+        for addr, pieces in self.pieces.items():
+            for keys in pieces:
+                if self._unstarted(scheduler, keys, addr):
+                    movable.append((len(keys), addr, keys))
+        total = sum(self._pinned_load(scheduler, a) for a in self.pieces)
+        want = total * ws_new.nthreads / total_threads
+        if not movable or want <= 0:
+            return
+        load = {a: self._pinned_load(scheduler, a) for a in self.pieces}
+        stealing = scheduler.extensions.get("stealing")
+        taken = 0
+        recs: dict = {}
+        # Largest loads give first; within one worker, its last pieces (the
+        # ones it would start last) go first.
+        for n, addr, keys in sorted(movable, key=lambda m: (-load[m[1]], -len(m[2]))):
+            if taken + n / 2 > want:
+                break
+            if load[addr] - n < want:  # would leave the donor below the newcomer
+                continue
+            self.pieces[addr].remove(keys)
+            self.pieces[worker].append(keys)
+            self._repin(scheduler, keys, worker, recs, stealing=stealing)
+            load[addr] -= n
+            taken += n
+        if taken:
+            scheduler.transitions(recs, f"autorestrictor-add-worker-{time()}")
+            scheduler.log_event(TOPIC, {"action": "worker-added", "worker": worker, "tasks": taken})
+            logger.info("worker %s joined: %d unstarted pinned task(s) moved to it", worker, taken)
+
+    # -- helpers -------------------------------------------------------------
+
+    @staticmethod
+    def _pending(scheduler, keys: list, addr: str) -> list:
+        """The keys of a piece still pinned by us to ``addr`` and not yet run."""
+        tasks = scheduler.tasks
+        out = []
+        for k in keys:
+            ts = tasks.get(k)
+            if ts is not None and ts.state in _PENDING and ts.worker_restrictions == {addr}:
+                out.append(k)
+        return out
+
+    @staticmethod
+    def _unstarted(scheduler, keys: list, addr: str) -> bool:
+        tasks = scheduler.tasks
+        for k in keys:
+            ts = tasks.get(k)
+            if ts is None or ts.state not in _PENDING or ts.worker_restrictions != {addr}:
+                return False
+            if ts.state == "processing" and ts.processing_on is not None and ts.dependencies:
+                # Non-root tasks are sent once their inputs exist: the piece has started.
+                return False
+        return True
+
+    def _pinned_load(self, scheduler, addr: str) -> int:
+        return sum(len(keys) for keys in self.pieces.get(addr, ()))
+
+    @staticmethod
+    def _repin(scheduler, keys: list, addr: str, recs: dict, stealing=None) -> None:
+        tasks = scheduler.tasks
+        thief = scheduler.workers[addr]
+        for k in keys:
+            ts = tasks.get(k)
+            if ts is None:
+                continue
+            ts.worker_restrictions = {addr}
+            ts.loose_restrictions = False
+            if ts.state == "no-worker":
+                recs[k] = "processing"
+            elif ts.state == "processing" and ts.processing_on is not thief:
+                if stealing is not None:
+                    stealing.move_task_request(ts, ts.processing_on, thief)
+                else:
+                    # Without the stealing extension a sent task stays where it
+                    # is; unpin it so it is not bound to two workers' fates.
+                    ts.worker_restrictions = set()
+
+    def _unpin(self, scheduler, keys: list, why: str) -> None:
+        # Unpinned tasks in no-worker are picked up by the scheduler as soon
+        # as any worker arrives (bulk_schedule_unrunnable_after_adding_worker).
+        for k in keys:
+            ts = scheduler.tasks.get(k)
+            if ts is not None:
+                ts.worker_restrictions = set()
+        logger.info("unpinned %d task(s): %s", len(keys), why)
+        scheduler.log_event(TOPIC, {"action": "unpinned", "tasks": len(keys), "reason": why})
+
+    def _prune(self) -> None:
+        """Forget pieces whose tasks have all run, so state stays bounded.
+
+        A pin lasts until its task has run: the restrictions of a forgotten
+        piece are cleared, so if one of its results is lost later and must be
+        recomputed, Dask places it freely instead of waiting for a worker
+        that may be gone.
+        """
+        if self.scheduler is None:
+            return
+        tasks = self.scheduler.tasks
+        for addr in list(self.pieces):
+            live = []
+            for keys in self.pieces[addr]:
+                if self._pending(self.scheduler, keys, addr):
+                    live.append(keys)
+                    continue
+                for k in keys:
+                    ts = tasks.get(k)
+                    if ts is not None and ts.worker_restrictions == {addr}:
+                        ts.worker_restrictions = set()
+            if live:
+                self.pieces[addr] = live
+            else:
+                del self.pieces[addr]
+
+    def _record(self, record: dict, start: float, level: int = logging.INFO) -> None:
+        record = {
+            "id": self._n_plans,
+            "time": time(),
+            **record,
+            "total_s": perf_counter() - start,
+        }
+        record.setdefault("plan_s", record["total_s"])
+        self.history.append(record)
+        if self.scheduler is not None:
+            self.scheduler.log_event(TOPIC, {"action": "plan", **record})
+        if record.get("reason") is None:
+            logger.log(
+                level,
+                "pinned %d of %d task(s) in %d group(s) onto %d worker(s); "
+                "predicted transfer %.1f MB; planned in %.3f s",
+                record["n_pinned"], record["n_tasks"], record["n_groups"],
+                len(record["pinned_per_worker"]), record["predicted_bytes"] / 1e6,
+                record["plan_s"],
+            )
+        else:
+            logger.log(level, "left a graph of %s task(s) to Dask: %s",
+                       record.get("n_tasks"), record["reason"])
+
+
+def _free(ts, opted_out: dict) -> bool:
+    """May the plugin pin this task?"""
+    return (
+        ts.state == "released"
+        and ts.run_spec is not None
+        and not ts.actor
+        and not ts.worker_restrictions
+        and not ts.host_restrictions
+        and not ts.resource_restrictions
+        and opted_out.get(ts.key, True) is not False
+        and (ts.annotations or {}).get("autorestrict", True) is not False
+    )
+
+
+def _where(ts) -> list[str] | None:
+    """Where a task we may not pin already is, or is bound to, if one place."""
+    if ts.who_has:
+        return [ws.address for ws in ts.who_has]
+    if ts.processing_on is not None:
+        return [ts.processing_on.address]
+    if len(ts.worker_restrictions or ()) == 1 and not ts.loose_restrictions:
+        return list(ts.worker_restrictions)
+    return None
+
+
+def _planner_options(options: Options) -> dict:
+    return {
+        "min_tasks": options.min_tasks,
+        "partition_factor": options.partition_factor,
+        "light_edge_fraction": options.light_edge_fraction,
+        "balance_tolerance": options.balance_tolerance,
+        "max_cut_fraction": options.max_cut_fraction,
+    }
