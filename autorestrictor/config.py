@@ -63,7 +63,11 @@ class Options:
             key = name.replace("_", "-")
             value = overrides.get(name)
             if value is None:
-                value = dask.config.get(f"autorestrictor.{key}")
+                # The default is passed too: test harnesses (gen_cluster) and
+                # users may replace dask.config wholesale.
+                value = dask.config.get(
+                    f"autorestrictor.{key}", default=DEFAULTS["autorestrictor"][key]
+                )
             values[name] = validate(key, value)
         return cls(**values)
 

@@ -248,10 +248,19 @@ def plan(
     heavy = size[g.src] >= opts.light_edge_fraction * _typical_size(size)
     comp = find_groups(g, lower & (pinnable | (located >= 0)), heavy)
 
-    # Step 6.
-    worker_of, piece_of, notes = assign(
-        g, comp, pinnable, rank, depth, cost_arr, size, located, heavy, threads, opts
-    )
+    # Step 6. A group found to be an all-to-all is taken out and the rest
+    # dealt again, so that the work it would have had is shared fairly.
+    notes: list[str] = []
+    for _ in range(3):
+        worker_of, piece_of, all_to_all, note = assign(
+            g, comp, pinnable, rank, depth, cost_arr, size, located, heavy, threads, opts
+        )
+        if note:
+            notes.append(note)
+        if not all_to_all.any():
+            break
+        pinnable &= ~all_to_all
+        worker_of[all_to_all] = -1
     pinned = np.flatnonzero(worker_of >= 0)
     predicted = predicted_transfer(g, worker_of, located, size)
     if len(pinned) == 0:
@@ -343,7 +352,7 @@ def assign(
     heavy: np.ndarray,
     threads: np.ndarray,
     opts: Options,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
 
     a. Lay the pinnable nodes out in order: groups by their first task in
@@ -358,9 +367,10 @@ def assign(
     d. The other pieces are dealt out in order, in contiguous runs, each
        worker receiving its share of what is left weighted by its threads.
     e. A split group whose seams would carry more than ``max-cut-fraction``
-       of its internal bytes is an all-to-all: it is left to Dask.
+       of its internal bytes is an all-to-all, to be left to Dask.
 
-    Returns ``(worker per node, piece per node, notes)``.
+    Returns ``(worker per node, piece per node, mask of all-to-all nodes,
+    a note saying why they are left to Dask or None)``.
 
     Complexity: O(tasks + edges) plus sorts in C and a Python loop over
     pieces only when pieces are large compared with a worker's share.
@@ -368,10 +378,9 @@ def assign(
     n_workers = len(threads)
     worker_of = np.full(g.n, -1, dtype=np.int64)
     piece_of = np.full(g.n, -1, dtype=np.int64)
-    notes: list[str] = []
     nodes = np.flatnonzero(pinnable)
     if len(nodes) == 0:
-        return worker_of, piece_of, ["no task is free to pin"]
+        return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
 
     # a. Order: groups by their first task, then tasks by priority.
     c = comp[nodes]
@@ -433,14 +442,13 @@ def assign(
         bad = split & (frac > opts.max_cut_fraction)
         if bad.any():
             drop = bad[comp] & (worker_of >= 0)
-            worker_of[drop] = -1
-            piece_of[drop] = -1
-            notes.append(
+            note = (
                 f"{int(bad.sum())} group(s) of {int(drop.sum())} tasks left to Dask: "
                 f"splitting them would move {float(frac[bad].max()):.0%} of their "
                 f"bytes (all-to-all; max-cut-fraction={opts.max_cut_fraction})"
             )
-    return worker_of, piece_of, notes
+            return worker_of, piece_of, drop, note
+    return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
 
 
 def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarray:

@@ -105,10 +105,9 @@ class AutoRestrictor(SchedulerPlugin):
         try:
             p = self._plan(scheduler, tasks, annotations)
         except Exception as e:  # the planner must never break a computation
-            logger.exception("planning failed; graph left to Dask: %r", e)
             self._record(
                 {"n_tasks": len(tasks), "reason": f"planning failed: {e!r}"},
-                start, level=logging.WARNING,
+                start, level=logging.WARNING, exc_info=e,
             )
             return
         if not p.applied:
@@ -118,10 +117,9 @@ class AutoRestrictor(SchedulerPlugin):
         try:
             self._apply(scheduler, p)
         except Exception as e:
-            logger.exception("applying the plan failed; graph left to Dask: %r", e)
             self._record(
                 {**p.summary(), "reason": f"applying failed: {e!r}"},
-                start, level=logging.WARNING,
+                start, level=logging.WARNING, exc_info=e,
             )
             return
         self._record(p.summary(), start)
@@ -257,8 +255,8 @@ class AutoRestrictor(SchedulerPlugin):
         for n, addr, keys in sorted(movable, key=lambda m: (-load[m[1]], -len(m[2]))):
             if taken + n / 2 > want:
                 break
-            if load[addr] - n < want:  # would leave the donor below the newcomer
-                continue
+            if max(load[addr] - n, taken + n) >= load[addr]:
+                continue  # moving this piece would not even out donor and newcomer
             self.pieces[addr].remove(keys)
             self.pieces[worker].append(keys)
             self._repin(scheduler, keys, worker, recs, stealing=stealing)
@@ -353,7 +351,10 @@ class AutoRestrictor(SchedulerPlugin):
             else:
                 del self.pieces[addr]
 
-    def _record(self, record: dict, start: float, level: int = logging.INFO) -> None:
+    def _record(
+        self, record: dict, start: float, level: int = logging.INFO, exc_info=None
+    ) -> None:
+        """Keep, publish (event) and log, once, what happened to a graph."""
         record = {
             "id": self._n_plans,
             "time": time(),
@@ -375,7 +376,7 @@ class AutoRestrictor(SchedulerPlugin):
             )
         else:
             logger.log(level, "left a graph of %s task(s) to Dask: %s",
-                       record.get("n_tasks"), record["reason"])
+                       record.get("n_tasks"), record["reason"], exc_info=exc_info)
 
 
 def _free(ts, opted_out: dict) -> bool:

@@ -1,0 +1,327 @@
+"""The pure planner on hand-drawn and random graphs. No cluster here."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import autorestrictor
+from autorestrictor import plan
+from autorestrictor.graph import build_graph, distance_to_terminals
+from strategies import clusters, dags, independent_subgraphs, random_dag
+
+W2 = {"w0": 1, "w1": 1}
+W4 = {f"w{i}": 1 for i in range(4)}
+
+
+def check_plan(p, deps, workers, *, tolerance=None):
+    """Invariants every plan keeps."""
+    assert set(p.assignment) <= set(deps), "only tasks of the graph are pinned"
+    assert set(p.assignment.values()) <= set(workers), "only existing workers"
+    if p.applied:
+        assert p.n_pinned == len(p.assignment) > 0
+        assert p.n_groups >= 1
+        assert p.predicted_bytes >= 0
+    else:
+        assert p.assignment == {} and p.reason
+    assert sum(p.load.values()) == pytest.approx(p.n_pinned)
+
+
+def tree_reduction(n_leaves: int, split: int = 4, prefix="x"):
+    """Leaves combined ``split`` at a time up to one output (like da.sum)."""
+    deps = {}
+    level = [f"{prefix}-leaf-{i}" for i in range(n_leaves)]
+    for k in level:
+        deps[k] = []
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for j in range(0, len(level), split):
+            k = f"{prefix}-{depth}-{j // split}"
+            deps[k] = level[j : j + split]
+            nxt.append(k)
+        level = nxt
+    return deps
+
+
+def test_two_independent_chains(rename):
+    r"""
+    a0 -> a1 -> a2      b0 -> b1 -> b2
+
+    Each chain lands whole on its own worker.
+    """
+    deps = {"a0": [], "a1": ["a0"], "a2": ["a1"], "b0": [], "b1": ["b0"], "b2": ["b1"]}
+    deps, _, f = rename(deps)
+    p = plan(deps, W2, min_tasks=1)
+    check_plan(p, deps, W2)
+    a = {p.assignment[f(k)] for k in ("a0", "a1", "a2")}
+    b = {p.assignment[f(k)] for k in ("b0", "b1", "b2")}
+    assert len(a) == len(b) == 1 and a != b
+
+
+def test_seed_reduction_groups_whole_subtrees(rename):
+    r"""
+    The seed's example: 200 leaves summed 4 at a time.
+
+        leaf x200 -> partial x50 -> x13 -> x4 -> out
+
+    On 4 workers the layer is the 4 partials under the output; each subtree
+    lands whole on one worker, and the output is left to Dask.
+    """
+    deps = tree_reduction(200)
+    deps, _, f = rename(deps)
+    p = plan(deps, W4, nbytes={k: 10e6 for k in deps})
+    check_plan(p, deps, W4)
+    assert f("x-4-0") not in p.assignment  # the output: left to Dask
+    for j in range(4):
+        top = f(f"x-3-{j}")
+        below = [top]
+        seen = set()
+        while below:
+            k = below.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            below.extend(deps[k])
+        assert {p.assignment[k] for k in seen} == {p.assignment[top]}
+    assert len(set(p.assignment.values())) == 4
+    # three partial results meet the fourth: 30 MB is all that must move
+    assert p.predicted_bytes == pytest.approx(30e6)
+
+
+def test_heterogeneous_threads_get_proportional_work():
+    deps = {}
+    for g in range(60):
+        deps[f"r{g}"] = []
+        deps[f"s{g}"] = [f"r{g}"]
+    workers = {"big": 4, "small": 1}
+    p = plan(deps, workers, min_tasks=1)
+    check_plan(p, deps, workers)
+    load = p.load
+    assert load["big"] == pytest.approx(4 * load["small"], rel=0.1)
+
+
+def test_light_hub_does_not_glue_groups(rename):
+    r"""
+    A global mean fed back into every chunk:
+
+        x0  x1  x2 ... x39        (10 MB each)
+        |   |   |
+        s0  s1  s2 ... s39        (scalars)
+         \  |  /
+          mean                    (scalar)
+         /  |  \
+        y0  y1  y2 ... y39        (y_i = x_i - mean, 10 MB)
+
+    The scalars are light: the chunks stay independent groups, spread over
+    all workers, and every y_i runs where its x_i is.
+    """
+    n = 40
+    deps, size = {}, {}
+    for i in range(n):
+        deps[f"x{i}"], size[f"x{i}"] = [], 10e6
+        deps[f"s{i}"], size[f"s{i}"] = [f"x{i}"], 8
+    deps["mean"], size["mean"] = [f"s{i}" for i in range(n)], 8
+    for i in range(n):
+        deps[f"y{i}"], size[f"y{i}"] = [f"x{i}", "mean"], 10e6
+    deps, extra, f = rename(deps, nbytes=size)
+    p = plan(deps, W4, nbytes=extra["nbytes"], min_tasks=1)
+    check_plan(p, deps, W4)
+    for i in range(n):
+        assert p.assignment[f(f"y{i}")] == p.assignment[f(f"x{i}")]
+    counts = Counter(p.assignment[f(f"x{i}")] for i in range(n))
+    assert max(counts.values()) <= 0.35 * n
+
+
+def test_all_to_all_is_left_to_dask(rename):
+    r"""
+    Every output needs every input (a rechunk from rows to columns):
+
+        in0  in1  in2 ... in15
+          \ \  | /  / ...
+        out0 out1 out2 ... out15
+
+    No split of this graph saves bytes: nothing is pinned and the plan says why.
+    """
+    n = 16
+    deps = {f"in{i}": [] for i in range(n)}
+    for j in range(n):
+        deps[f"out{j}"] = [f"in{i}" for i in range(n)]
+    deps, _, f = rename(deps)
+    p = plan(deps, W4, min_tasks=1)
+    check_plan(p, deps, W4)
+    assert not p.applied
+    assert "all-to-all" in p.reason or "no partition helps" in p.reason
+
+
+def test_consumers_follow_data_in_memory(rename):
+    r"""
+    x0..x7 already in memory (x_i on worker i % 2); new tasks y_i = f(x_i).
+    Each y_i runs where its x_i is.
+    """
+    deps = {f"y{i}": [f"x{i}"] for i in range(8)}
+    who = {f"x{i}": f"w{i % 2}" for i in range(8)}
+    deps, extra, f = rename(deps, who_has=who)
+    p = plan(deps, W2, who_has=extra["who_has"], min_tasks=1)
+    check_plan(p, deps, W2)
+    for i in range(8):
+        assert p.assignment[f(f"y{i}")] == f"w{i % 2}"
+
+
+def test_skipped_and_located_tasks_are_not_pinned():
+    deps = tree_reduction(64)
+    skip = ["x-leaf-0", "x-1-3"]
+    who = {"x-leaf-5": "w1"}
+    p = plan(deps, W2, skip=skip, who_has=who)
+    check_plan(p, deps, W2)
+    assert not set(skip + list(who)) & set(p.assignment)
+
+
+def test_follows_priority_order_for_halos():
+    r"""
+    A chain of overlapping chunks (map_overlap): chunk i needs the edges of
+    chunks i-1 and i+1.
+
+        c0   c1   c2   c3 ... c63
+        | \ / | \ / | \ /
+        o0   o1   o2   o3 ... o63
+
+    Cut into contiguous blocks, only 3 seams cross workers.
+    """
+    n = 64
+    deps = {f"c{i}": [] for i in range(n)}
+    for i in range(n):
+        deps[f"o{i}"] = [f"c{j}" for j in (i - 1, i, i + 1) if 0 <= j < n]
+    # dask.order runs o_i as soon as c_(i+1) is in
+    run_order = ["c0"] + [k for i in range(n) for k in (f"c{i + 1}", f"o{i}") if k in deps]
+    p = plan(deps, W4, min_tasks=1, priority={k: i for i, k in enumerate(run_order)})
+    check_plan(p, deps, W4)
+    owners = [p.assignment[f"o{i}"] for i in range(n)]
+    seams = sum(a != b for a, b in zip(owners, owners[1:]))
+    assert seams == 3
+    assert max(Counter(owners).values()) <= 0.3 * n
+
+
+def test_long_chain_does_not_recurse():
+    n = 100_000
+    deps = {0: []}
+    deps.update({i: [i - 1] for i in range(1, n)})
+    limit = sys.getrecursionlimit()
+    p = plan(deps, W4)
+    assert sys.getrecursionlimit() == limit
+    assert not p.applied and "parallelism" in p.reason
+    depth = distance_to_terminals(build_graph(deps), np.r_[np.zeros(n - 1, bool), True])
+    assert depth[0] == n - 1 and depth[-1] == 0
+
+
+def test_small_graph_and_single_worker_step_back():
+    deps = {"a": [], "b": ["a"]}
+    p = plan(deps, W2)
+    assert not p.applied and "min-tasks" in p.reason
+    p = plan(tree_reduction(256), {"w0": 2})
+    assert not p.applied and "nothing to choose" in p.reason
+
+
+@pytest.mark.parametrize(
+    "deps, workers, kwargs, error, match",
+    [
+        ([("a", [])], W2, {}, TypeError, "mapping"),
+        ({"a": ["a"]}, W2, {}, ValueError, "depends on itself"),
+        ({"a": 1}, W2, {}, TypeError, "iterable"),
+        ({"a": []}, {"w": 0}, {}, ValueError, "threads"),
+        ({"a": []}, {"w": 1.5}, {}, ValueError, "threads"),
+        ({"a": []}, W2, {"nbytes": {"a": -1}}, ValueError, "nbytes"),
+        ({"a": []}, W2, {"priority": {"a": (1, 2)}}, ValueError, "priority"),
+        ({"a": []}, W2, {"balance_tolerance": -1}, ValueError, "balance-tolerance"),
+        ({"a": []}, W2, {"min_tasks": 0}, ValueError, "min-tasks"),
+        ({"a": []}, W2, {"bogus": 1}, TypeError, "bogus"),
+    ],
+)
+def test_bad_input_is_named(deps, workers, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        plan(deps, workers, min_tasks=kwargs.pop("min_tasks", 1), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        [("x", i) for i in range(40)],
+        [f"{i:032x}" for i in range(40)],  # UUID-like
+        [str(i).encode() for i in range(40)],
+        list(range(40)),
+    ],
+    ids=["tuples", "uuids", "bytes", "ints"],
+)
+def test_odd_keys(keys):
+    deps = {k: ([keys[i - 1]] if i % 4 else []) for i, k in enumerate(keys)}
+    p = plan(deps, W2, min_tasks=1)
+    check_plan(p, deps, W2)
+    assert p.applied
+
+
+def test_planner_does_not_import_distributed():
+    import subprocess
+
+    code = "import sys, autorestrictor; autorestrictor.plan({'a': []}, {'w': 1}); " \
+           "assert 'distributed' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- property tests on random DAGs -------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(dags(), clusters())
+def test_random_dags_keep_invariants(deps, workers):
+    p = plan(deps, workers, min_tasks=1)
+    check_plan(p, deps, workers)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 6), st.integers(1, 6), st.integers(3, 12))
+def test_independent_subgraphs_land_whole_and_balanced(seed, n_workers, per_worker, size):
+    rng = random.Random(seed)
+    graphs = independent_subgraphs(rng, n_workers * per_worker, size)
+    deps = {k: v for g in graphs for k, v in g.items()}
+    workers = {f"w{i}": 1 for i in range(n_workers)}
+    p = plan(deps, workers, min_tasks=1)
+    check_plan(p, deps, workers)
+    assert p.applied
+    for g in graphs:
+        assert len({p.assignment[k] for k in g}) == 1, "a subgraph was split"
+    per = Counter(p.assignment.values())
+    assert len(per) == n_workers
+    assert max(per.values()) <= (1 + 0.3) * len(deps) / n_workers + size
+
+
+@settings(max_examples=60, deadline=None)
+@given(dags(min_size=20), clusters())
+def test_plan_depends_on_structure_not_names(deps, workers):
+    rename = {k: ("renamed", i * 7919 % 100003) for i, k in enumerate(deps)}
+    renamed = {rename[k]: [rename[d] for d in v] for k, v in deps.items()}
+    a = plan(deps, workers, min_tasks=1)
+    b = plan(renamed, workers, min_tasks=1)
+    assert {rename[k]: w for k, w in a.assignment.items()} == b.assignment
+    assert a.reason == b.reason
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 8))
+def test_random_dags_are_balanced(seed, n_workers):
+    """No worker gets more than its share plus the tolerance plus one piece."""
+    rng = random.Random(seed)
+    deps = random_dag(rng, 400, max_deps=2)
+    workers = {f"w{i}": 1 for i in range(n_workers)}
+    p = plan(deps, workers, min_tasks=1)
+    check_plan(p, deps, workers)
+    if p.applied:
+        share = p.n_pinned / n_workers
+        biggest_piece = max(Counter(p.piece_of.tolist()).values())
+        assert max(p.load.values()) <= 1.3 * share + biggest_piece

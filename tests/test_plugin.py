@@ -1,0 +1,294 @@
+"""The scheduler plugin on a real scheduler (``gen_cluster``, validation on)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Event, Nanny, Worker, wait
+from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc
+from tornado.httpclient import AsyncHTTPClient
+
+import autorestrictor
+from autorestrictor import AutoRestrictor
+
+SMALL = {"autorestrictor.min-tasks": 1}
+
+
+def seed_like(n_chunks=40, rows=1000):
+    """The seed's example, small: a column-chunked array summed over columns."""
+    return da.ones((rows, n_chunks), chunks=(rows, 1)).sum(axis=1)
+
+
+def pinned(s):
+    """Tasks the plugin pinned, by worker."""
+    out = Counter()
+    for addr, pieces in s.plugins["autorestrictor"].pieces.items():
+        out[addr] += sum(map(len, pieces))
+    return out
+
+
+def transfers(workers):
+    return sum(w.transfer_outgoing_bytes_total for w in workers)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=SMALL)
+async def test_register_plugin_pins_groups(c, s, *workers):
+    await c.register_plugin(AutoRestrictor())
+    x = seed_like()
+    result = await c.compute(x)
+    np.testing.assert_array_equal(result, np.full(1000, 40.0))
+    plans = await autorestrictor.last_plans(c)
+    assert plans[-1]["reason"] is None, plans
+    assert plans[-1]["n_groups"] >= 4
+    assert len(plans[-1]["pinned_per_worker"]) == 4
+    # Groups stay whole: only partial sums cross workers (8 KB each here).
+    assert transfers(workers) <= 4 * 8_000 * 3
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=SMALL)
+async def test_fewer_transfers_than_without(c, s, *workers):
+    x = seed_like(n_chunks=64, rows=20_000)
+    await c.compute(x)
+    without = transfers(workers)
+    await c.register_plugin(AutoRestrictor())
+    before = transfers(workers)
+    y = seed_like(n_chunks=64, rows=20_001)  # new keys
+    await c.compute(y)
+    with_plugin = transfers(workers) - before
+    assert with_plugin * 10 <= without, (with_plugin, without)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_leaves_restricted_annotated_and_actor_tasks_alone(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    with dask.annotate(workers=[b.address], allow_other_workers=False):
+        x = da.ones((10, 20), chunks=(10, 1)) + 1
+    with dask.annotate(autorestrict=False):
+        y = da.ones((10, 20), chunks=(10, 1)) * 3
+    z = c.persist(x.sum(axis=1) + y.sum(axis=1))
+    await wait(z)
+    for ts in s.tasks.values():
+        if ts.key[0].startswith("add") and ts.run_spec is not None and ts.key[0] == x.name:
+            assert ts.worker_restrictions == {b.address}
+    for key in dask.core.flatten(y.__dask_keys__()):
+        ts = s.tasks.get(key)
+        if ts is not None:
+            assert not ts.worker_restrictions
+    np.testing.assert_array_equal(await c.compute(z), np.full(10, 100.0))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_resource_and_actor_tasks_keep_their_placement(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+
+    class Counter_:
+        n = 0
+
+        def incr(self):
+            self.n += 1
+            return self.n
+
+    actor = await c.submit(Counter_, actor=True)
+    assert (await actor.incr()) == 1
+    futs = c.map(inc, range(20), resources={"GPU": 1}, key=[f"gpu-{i}" for i in range(20)])
+    # no worker has a GPU: the tasks wait in no-worker, unpinned
+    await async_poll_for(lambda: len(s.unrunnable) == 20, timeout=5)
+    for f in futs:
+        ts = s.tasks[f.key]
+        assert ts.resource_restrictions == {"GPU": 1} and not ts.worker_restrictions
+    await c.cancel(futs)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2)
+async def test_small_graph_steps_back_visibly(c, s, a, b):
+    await c.register_plugin(AutoRestrictor(min_tasks=50))
+    assert await c.submit(inc, 1) == 2
+    plans = await autorestrictor.last_plans(c)
+    assert "min-tasks" in plans[-1]["reason"]
+    events = s.get_events("autorestrictor")
+    assert events and "min-tasks" in events[-1][1]["reason"]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_planner_fault_leaves_dask_default_and_next_graph_plans(c, s, a, b):
+    plugin = AutoRestrictor()
+    await c.register_plugin(plugin)
+    p = s.plugins["autorestrictor"]
+    real = p._plan
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("injected fault")
+
+    p._plan = broken
+    with captured_logger("autorestrictor", level=logging.WARNING) as log:
+        assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
+    assert log.getvalue().count("planning failed: RuntimeError('injected fault')") == 1
+    assert "Traceback" in log.getvalue()
+    assert not any(ts.worker_restrictions for ts in s.tasks.values())
+    assert "planning failed" in p.history[-1]["reason"]
+
+    p._plan = real
+    assert (await c.compute(seed_like(n_chunks=21))).sum() == 21 * 1000
+    assert p.history[-1]["reason"] is None
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_apply_fault_is_all_or_nothing(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    p = s.plugins["autorestrictor"]
+    real_tasks = s.tasks
+
+    class Exploding(dict):
+        n = 0
+
+        def __getitem__(self, key):
+            self.n += 1
+            if self.n == 5:
+                raise RuntimeError("injected apply fault")
+            return super().__getitem__(key)
+
+    real_apply = p._apply
+
+    def apply(scheduler, plan):
+        class View:
+            tasks = Exploding(real_tasks)
+
+        return real_apply(View, plan)
+
+    p._apply = apply
+    assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
+    assert "applying failed" in p.history[-1]["reason"]
+    assert not any(ts.worker_restrictions for ts in s.tasks.values())
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_install_with_run_on_scheduler(c, s, a, b):
+    await c.run_on_scheduler(autorestrictor.install_plugin, min_tasks=1)
+    assert "autorestrictor" in s.plugins
+    await c.compute(seed_like(n_chunks=20))
+    assert s.plugins["autorestrictor"].history[-1]["reason"] is None
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL,
+             scheduler_kwargs={"preload": ["autorestrictor"]})
+async def test_install_with_preload(c, s, a, b):
+    assert isinstance(s.plugins["autorestrictor"], AutoRestrictor)
+    await c.compute(seed_like(n_chunks=20))
+    assert s.plugins["autorestrictor"].history[-1]["reason"] is None
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "distributed.scheduler.preload": ["autorestrictor"]})
+async def test_install_with_preload_config_key(c, s, a, b):
+    assert isinstance(s.plugins["autorestrictor"], AutoRestrictor)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_plans_over_http_and_events(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    await c.compute(seed_like(n_chunks=20))
+    port = s.http_server.port
+    response = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}/autorestrictor/plans.json")
+    body = json.loads(response.body)
+    assert body["plans"][-1]["n_pinned"] > 0
+    assert body["plans"][-1] == json.loads(json.dumps(s.plugins["autorestrictor"].history[-1]))
+    events = [e for _, e in s.get_events("autorestrictor") if e["action"] == "plan"]
+    assert events[-1]["n_pinned"] == body["plans"][-1]["n_pinned"]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_disabled_plugin_does_nothing(c, s, a, b):
+    await c.register_plugin(AutoRestrictor(enabled=False))
+    await c.compute(seed_like(n_chunks=20))
+    assert not any(ts.worker_restrictions for ts in s.tasks.values())
+    assert not s.plugins["autorestrictor"].history
+
+
+def slow_block(x, ev):
+    ev.wait()
+    return x
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
+async def test_worker_leaving_never_strands_pinned_tasks(c, s, a, b, w3):
+    await c.register_plugin(AutoRestrictor())
+    ev = Event()
+    x = da.ones((100, 30), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: any(pinned(s).values()), timeout=5)
+    victim = max(pinned(s), key=pinned(s).get)
+    await s.remove_worker(victim, stimulus_id="test-kill")
+    assert not pinned(s).get(victim)
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 30.0))
+    assert not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_new_worker_takes_unstarted_pieces(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    ev = Event()
+    x = da.ones((100, 60), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: sum(pinned(s).values()) > 0, timeout=5)
+    async with Worker(s.address, nthreads=1) as new:
+        await async_poll_for(lambda: pinned(s).get(new.address, 0) > 0, timeout=5)
+        await ev.set()
+        np.testing.assert_array_equal(await fut, np.full(100, 60.0))
+        done_there = sum(1 for k in new.data if isinstance(k, tuple))
+        assert done_there >= 0.1 * 60 or new.state.executed_count >= 0.1 * 60, new.state.executed_count
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_state_stays_bounded_over_many_graphs(c, s, a, b):
+    await c.register_plugin(AutoRestrictor(history=10))
+    p = s.plugins["autorestrictor"]
+    sizes = []
+    for i in range(100):
+        await c.compute(da.ones((10, 8), chunks=(10, 1)).sum(axis=1) + i)
+        sizes.append(sum(map(len, p.pieces.values())))
+    assert max(sizes[1:]) <= sizes[0]
+    assert len(p.history) == 10
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL, Worker=Nanny)
+async def test_restart_clears_pins(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    x = c.persist(seed_like(n_chunks=20))
+    await wait(x)
+    await c.restart()
+    assert not s.plugins["autorestrictor"].pieces
+    assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_graph_reusing_keys_in_memory(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    x = c.persist(da.ones((100, 20), chunks=(100, 1)) * 2)
+    await wait(x)
+    y = (x + 1).sum(axis=1)
+    np.testing.assert_array_equal(await c.compute(y), np.full(100, 60.0))
+    # the consumers of persisted chunks ran where the chunks were
+    plan = s.plugins["autorestrictor"].history[-1]
+    assert plan["reason"] is None
+
+
+def test_invalid_options_fail_at_construction():
+    with pytest.raises(ValueError, match="min-tasks"):
+        AutoRestrictor(min_tasks=-3)
+    with pytest.raises(ValueError, match="enabled"):
+        AutoRestrictor(enabled="yes")
+    with pytest.raises(TypeError, match="nonsense"):
+        AutoRestrictor(nonsense=1)
+    with dask.config.set({"autorestrictor.max-cut-fraction": 2}):
+        with pytest.raises(ValueError, match="max-cut-fraction.*<= 1"):
+            AutoRestrictor()
