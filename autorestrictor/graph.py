@@ -88,14 +88,16 @@ def build_graph(dependencies: Mapping[Key, Iterable[Key]]) -> Graph:
     keys = list(dependencies)
     n_tasks = len(keys)
     numbering = _Numbering(keys)
+    deps = dependencies.values()
     try:
-        deps = [d if isinstance(d, (set, frozenset, list, tuple)) else list(d)
-                for d in dependencies.values()]
-    except TypeError as e:
-        raise TypeError(
-            "every value of dependencies must be an iterable of keys"
-        ) from e
-    counts = np.fromiter(map(len, deps), dtype=np.int64, count=n_tasks)
+        counts = np.fromiter(map(len, deps), dtype=np.int64, count=n_tasks)
+    except TypeError:
+        # Some values are iterators without a length: materialise them once.
+        try:
+            deps = [list(d) for d in deps]
+        except TypeError as e:
+            raise TypeError("every value of dependencies must be an iterable of keys") from e
+        counts = np.fromiter(map(len, deps), dtype=np.int64, count=n_tasks)
     n_edges = int(counts.sum())
     src = np.fromiter(
         map(numbering.__getitem__, itertools.chain.from_iterable(deps)),

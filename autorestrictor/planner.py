@@ -25,6 +25,7 @@ data sizes and balance:
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -265,7 +266,7 @@ def plan(
     predicted = predicted_transfer(g, worker_of, located, size)
     if len(pinned) == 0:
         return step_back("; ".join(notes) or "no task could be pinned")
-    moved_by_plan = predicted / max(1.0, float(size[np.unique(g.src)].sum()))
+    moved_by_plan = predicted / max(1.0, float(size[~terminals].sum()))
     if moved_by_plan > opts.max_cut_fraction:
         return step_back(
             f"best plan still moves {moved_by_plan:.0%} of the graph's bytes "
@@ -559,9 +560,17 @@ def _check_workers(workers: Mapping[str, int]) -> tuple[list[str], np.ndarray]:
     return addrs, np.asarray(threads, dtype=np.float64)
 
 
-def _indices(g: Graph, keys: Iterable[Key]) -> np.ndarray:
-    get = g.index.get
-    idx = np.fromiter((get(k, -1) for k in keys), dtype=np.int64)
+def _positions(g: Graph, keys: Collection[Key]) -> np.ndarray:
+    """Node number of each key, -1 for keys not in the graph. O(len(keys)), in C."""
+    if len(keys) == g.n_tasks and list(keys) == g.keys[: g.n_tasks]:
+        return np.arange(g.n_tasks, dtype=np.int64)  # same keys, same order
+    return np.fromiter(
+        map(g.index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys)
+    )
+
+
+def _indices(g: Graph, keys: Collection[Key]) -> np.ndarray:
+    idx = _positions(g, list(keys))
     return idx[idx >= 0]
 
 
@@ -577,8 +586,7 @@ def _per_node(
     if values:
         if not isinstance(values, Mapping):
             raise TypeError(f"{name} must be a mapping of key -> number")
-        get = g.index.get
-        idx = np.fromiter((get(k, -1) for k in values), dtype=np.int64, count=len(values))
+        idx = _positions(g, values)
         try:
             arr = np.asarray(list(values.values()), dtype=np.float64)
         except (TypeError, ValueError) as e:
