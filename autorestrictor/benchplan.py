@@ -79,3 +79,50 @@ def run(
                       file=sys.stderr, flush=True)
                 rows.append(measure(kind, n, w, repeat))
     return rows
+
+
+def update_graph_share(n_chunks: int = 150_000, n_workers: int = 4) -> dict:
+    """The plugin's share of the scheduler's own ``update-graph`` time.
+
+    Submits ``da.ones(n_chunks, chunks=1).sum()`` (about ``4/3 n_chunks``
+    tasks) to an in-process scheduler with the plugin, reads the
+    ``update-graph`` event the scheduler logs (its ``duration_seconds``
+    covers materialisation, ordering and state creation, which includes the
+    plugin), then cancels the computation.
+    """
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from autorestrictor.plugin import AutoRestrictor
+
+    with LocalCluster(
+        n_workers=n_workers, threads_per_worker=1, processes=False,
+        dashboard_address=None,
+    ) as cluster, Client(cluster) as client:
+        client.register_plugin(AutoRestrictor())
+        scheduler = cluster.scheduler
+        fut = client.compute(da.ones(n_chunks, chunks=1).sum())
+        deadline = time.monotonic() + 600
+        while not _graph_event(scheduler) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metrics = _graph_event(scheduler)
+        plugin = scheduler.plugins["autorestrictor"]
+        record = plugin.history[-1]
+        client.cancel(fut)
+    if metrics is None:
+        raise RuntimeError("the scheduler logged no update-graph event within 600 s")
+    return {
+        "tasks": record["n_tasks"],
+        "scheduler_update_graph_s": metrics["duration_seconds"],
+        "plugin_s": record["total_s"],
+        "plan_s": record["plan_s"],
+        "share": record["total_s"] / metrics["duration_seconds"],
+        "reason": record["reason"],
+    }
+
+
+def _graph_event(scheduler) -> dict | None:
+    for _, msg in reversed(scheduler.get_events("scheduler")):
+        if isinstance(msg, dict) and msg.get("action") == "update-graph" and "metrics" in msg:
+            return msg["metrics"]
+    return None

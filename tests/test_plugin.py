@@ -292,3 +292,15 @@ def test_invalid_options_fail_at_construction():
     with dask.config.set({"autorestrictor.max-cut-fraction": 2}):
         with pytest.raises(ValueError, match="max-cut-fraction.*<= 1"):
             AutoRestrictor()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 64, config=SMALL)
+async def test_sixty_four_workers_all_used_evenly(c, s, *workers):
+    await c.register_plugin(AutoRestrictor())
+    x = da.ones((100, 64 * 8), chunks=(100, 1)) + 1  # 512 independent chunks...
+    y = x.sum(axis=1)  # ...reduced together
+    await c.compute(y)
+    per = s.plugins["autorestrictor"].history[-1]["pinned_per_worker"]
+    assert len(per) == 64
+    mean = sum(per.values()) / 64
+    assert max(per.values()) <= 1.3 * mean and min(per.values()) >= 0.7 * mean, per

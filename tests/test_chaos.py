@@ -1,0 +1,65 @@
+"""Kill a random worker at a random moment of a pinned computation.
+
+The nanny restarts the killed worker under a new address; the pins of the
+dead worker must move to the survivors and the result must be right.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import autorestrictor
+from autorestrictor import AutoRestrictor
+
+
+def _slow(block):
+    time.sleep(0.03)
+    return block * 2
+
+
+def _tasks_in_memory(dask_scheduler=None):
+    return sum(ts.state == "memory" for ts in dask_scheduler.tasks.values())
+
+
+def chaos_once(seed: int) -> None:
+    rng = random.Random(seed)
+    x = da.random.default_rng(seed).random((5_000, 120), chunks=(5_000, 1))
+    graph = x.map_blocks(_slow, dtype=float).sum(axis=1)
+    expected = graph.compute(scheduler="sync")
+    with LocalCluster(
+        n_workers=3, threads_per_worker=1, processes=True, memory_limit=0,
+        dashboard_address=":0",
+    ) as cluster, Client(cluster) as client:
+        client.register_plugin(AutoRestrictor(min_tasks=1))
+        fut = client.compute(graph)
+        # a random moment: after a random number of tasks have finished
+        goal = rng.randint(5, 200)
+        deadline = time.monotonic() + 60
+        while client.run_on_scheduler(_tasks_in_memory) < goal and not fut.done():
+            assert time.monotonic() < deadline, "the computation made no progress"
+            time.sleep(0.01)
+        victim = rng.choice(sorted(client.run(os.getpid).values()))
+        os.kill(victim, signal.SIGKILL)
+        result = fut.result(timeout=120)
+        plans = autorestrictor.last_plans(client)
+    np.testing.assert_allclose(result, expected, rtol=1e-12)
+    assert plans[0]["reason"] is None, plans
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kill_random_worker(seed):
+    chaos_once(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 120))
+def test_kill_random_worker_many_times(seed):
+    chaos_once(seed)
