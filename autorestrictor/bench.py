@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ ROW_KEYS = (
     "wall_s",
     "bytes_moved",
     "transfers",
+    "p2p_bytes",
     "peak_memory_bytes",
     "peak_memory_per_worker",
     "max_share",
@@ -128,11 +130,24 @@ class RssSampler:
         self._sample()
 
 
-def _transfer_counters(dask_worker) -> tuple[int, int]:
-    """Outgoing transfer totals of one worker (run via ``client.run``)."""
+def _transfer_counters(dask_worker) -> tuple[int, int, float]:
+    """Outgoing transfer totals of one worker (run via ``client.run``).
+
+    Returns the bytes and count of ordinary task-output transfers, and the
+    bytes a P2P shuffle pushed through its comm buffers (which the ordinary
+    counters do not see; this includes shards a worker sends to itself).
+    """
+    p2p = sum(
+        value
+        for key, value in dask_worker.digests_total.items()
+        if isinstance(key, tuple)
+        and key[0] == "p2p"
+        and key[2:] == ("background-comms", "process", "bytes")
+    )
     return (
         dask_worker.transfer_outgoing_bytes_total,
         dask_worker.transfer_outgoing_count_total,
+        p2p,
     )
 
 
@@ -247,6 +262,7 @@ def measure(
         "wall_s": wall,
         "bytes_moved": sum(after[a][0] - before[a][0] for a in after),
         "transfers": sum(after[a][1] - before[a][1] for a in after),
+        "p2p_bytes": int(sum(after[a][2] - before[a][2] for a in after)),
         "peak_memory_bytes": max(sampler.peak.values()),
         "peak_memory_per_worker": dict(sorted(sampler.peak.items())),
         "max_share": max(shares.values()),
@@ -346,16 +362,26 @@ def run_one(
         if details:
             cmd.append("--details")
         what = f"{workload} / {mode} (workers={workers}, scale={scale})"
+        # A new session, so that on timeout the whole run -- including the
+        # cluster's nanny and worker processes -- can be killed as a group.
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             raise BenchError(f"run {what} timed out after {timeout} s") from exc
         if proc.returncode != 0 or not os.path.exists(out):
-            tail = "\n".join(proc.stderr.strip().splitlines()[-30:])
+            tail = "\n".join(stderr.strip().splitlines()[-30:])
             raise BenchError(f"run {what} failed (exit code {proc.returncode}):\n{tail}")
         with open(out) as f:
             row = json.load(f)
     row["repeat"] = repeat
+    if mode == "autorestrictor" and not row.get("plans"):
+        logger.warning("run %s: the AutoRestrictor plugin recorded no plans", what)
     return row
 
 
@@ -513,7 +539,7 @@ def format_table(rows: Sequence[dict]) -> str:
         groups[(row["workload"], row["mode"])].append(row)
 
     def med(workload, mode, key):
-        return _median([r[key] for r in groups.get((workload, mode), [])])
+        return _median([r.get(key) for r in groups.get((workload, mode), [])])
 
     header = ["workload", "mode", "n", "wall s", "MB moved", "transfers", "peak MB",
               "max share", "plan ms", "bytes", "wall", "peak"]
@@ -544,6 +570,11 @@ def format_table(rows: Sequence[dict]) -> str:
             out.append("  ".join("-" * w for w in widths))
     out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'; "
                "max share 1/workers is perfect balance")
+    for workload, mode in groups:
+        p2p = med(workload, mode, "p2p_bytes")
+        if p2p:
+            out.append(f"note: {workload} / {mode} also pushed {p2p / 1e6:.1f} MB through P2P "
+                       "shuffle comms (not in 'MB moved'; includes shards sent to self)")
     return "\n".join(out)
 
 

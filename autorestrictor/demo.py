@@ -99,8 +99,10 @@ def format_side_by_side(rows: Sequence[dict]) -> str:
     for label, key, fmt, ratio in metrics:
         lines.append([label, *[cell(r, key, fmt, ratio) for r in rows]])
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths)))
-           for line in lines]
+    out = [
+        "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
+        for cells in lines
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     r0 = rows[0]
     out.append(f"{WORKLOAD}, {r0['workers']} workers x 1 thread, scale {r0['scale']}; "

@@ -360,9 +360,12 @@ def assign(
        priority order, and within a group by priority.
     b. Split each group heavier than ``(1 + balance-tolerance)`` worker
        shares, and with more than one task side by side, into share-sized
-       pieces along that order (contiguous runs of priority tend to be
-       neighbours, so halos and tree reductions get few seams). A chain is
-       never split: its tasks run one after another anyway.
+       pieces: every task follows its heaviest input down to a root, and the
+       group's roots, in priority order, are cut into runs weighted by the
+       tasks that follow them (contiguous runs of priority tend to be
+       neighbours, so halos and tree reductions get few seams, and a chunk's
+       later steps stay with the chunk even when a global statistic sits in
+       between). A chain is never split: it runs one task after another.
     c. A piece that reads data already placed (in memory) goes where most of
        that data is.
     d. The other pieces are dealt out in order, in contiguous runs, each
@@ -391,21 +394,37 @@ def assign(
     nodes, c = nodes[order], c[order]
     w = cost[nodes]
 
-    # b. Split heavy groups with parallelism along that order.
+    # b. Split heavy groups with parallelism: each task follows its heaviest
+    # input down to a root (its "tree"); the roots of the group, in priority
+    # order, are cut into share-sized runs and every tree goes with its root.
     total = float(w.sum())
     share = total / threads.sum()  # fair work per thread
-    biggest_share = share * threads.max()
+    piece_size = share * threads.mean()
     comp_load = np.bincount(c, weights=w, minlength=len(first))
     wide = _widths(c, depth[nodes], len(first)) > 1
-    split = (comp_load > (1 + opts.balance_tolerance) * biggest_share) & wide
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    run_start = np.repeat(np.cumsum(w)[starts] - w[starts], np.diff(np.r_[starts, len(c)]))
-    mid = np.cumsum(w) - w / 2 - run_start  # midpoint of a task within its group
-    sub = np.where(split[c], np.floor(mid / (share * threads.mean())), 0).astype(np.int64)
+    split = (comp_load > (1 + opts.balance_tolerance) * share * threads.max()) & wide
+    sub = np.zeros(len(nodes), dtype=np.int64)
+    if split.any():
+        member = np.zeros(g.n, dtype=bool)
+        member[nodes] = True
+        anchor = _tree_roots(g, member | (located >= 0), comp, heavy, size, rank, n_workers)
+        tree_load = np.bincount(anchor[nodes], weights=w, minlength=g.n)
+        in_split = split[c]
+        is_root = in_split & (anchor[nodes] == nodes)
+        r, rc = nodes[is_root], c[is_root]  # already in (group, priority) order
+        rl = tree_load[r]
+        starts = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])
+        before = np.repeat(np.cumsum(rl)[starts] - rl[starts], np.diff(np.r_[starts, len(rc)]))
+        bucket = np.zeros(g.n, dtype=np.int64)
+        bucket[r] = np.floor((np.cumsum(rl) - rl / 2 - before) / piece_size)
+        # trees rooted in placed data form one piece per worker holding it
+        bucket[located >= 0] = -1 - located[located >= 0]
+        sub[in_split] = bucket[anchor[nodes[in_split]]]
+        order = np.lexsort((rank[nodes], sub, c, first[c]))
+        nodes, c, sub, w = nodes[order], c[order], sub[order], w[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
     piece = np.cumsum(boundary) - 1
     piece_load = np.bincount(piece, weights=w)
-    piece_comp = c[boundary]
 
     # c. Pieces that read placed data follow it.
     piece_worker = np.full(len(piece_load), -1, dtype=np.int64)
@@ -430,8 +449,13 @@ def assign(
     worker_of[nodes] = piece_worker[piece]
     piece_of[nodes] = piece
 
-    # e. Leave all-to-all groups to Dask.
+    # e. Leave all-to-all groups to Dask, and split groups whose pieces
+    # could not be balanced (one root drags most of the group with it).
     if split.any():
+        lopsided = np.zeros(len(split), dtype=bool)
+        big = piece_load > (1 + opts.balance_tolerance) * piece_size * threads.max() / threads.mean()
+        lopsided[c[boundary][big]] = True
+        lopsided &= split
         inner = (comp[g.src] == comp[g.dst]) & (worker_of[g.src] >= 0) & (worker_of[g.dst] >= 0)
         inner &= split[np.minimum(comp[g.src], len(split) - 1)]
         ec = comp[g.src[inner]]
@@ -440,13 +464,14 @@ def assign(
         frac = np.bincount(ec, weights=b * crossing, minlength=len(split)) / np.maximum(
             np.bincount(ec, weights=b, minlength=len(split)), 1e-300
         )
-        bad = split & (frac > opts.max_cut_fraction)
+        bad = split & ((frac > opts.max_cut_fraction) | lopsided)
         if bad.any():
             drop = bad[comp] & (worker_of >= 0)
             note = (
                 f"{int(bad.sum())} group(s) of {int(drop.sum())} tasks left to Dask: "
-                f"splitting them would move {float(frac[bad].max()):.0%} of their "
-                f"bytes (all-to-all; max-cut-fraction={opts.max_cut_fraction})"
+                f"no balanced split keeps their data local (moves up to "
+                f"{float(frac[bad].max()):.0%} of their bytes; max-cut-fraction="
+                f"{opts.max_cut_fraction}; all-to-all)"
             )
             return worker_of, piece_of, drop, note
     return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
@@ -494,6 +519,42 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
             cur, filled = cur + 1, 0.0
             cap = left * capacity[cur] / capacity[cur:].sum()
     return out
+
+
+def _tree_roots(
+    g: Graph,
+    member: np.ndarray,
+    comp: np.ndarray,
+    heavy: np.ndarray,
+    size: np.ndarray,
+    rank: np.ndarray,
+    n_workers: int,
+) -> np.ndarray:
+    """For every node, the root reached by always following its heaviest input.
+
+    An input's pull is its size divided by how many tasks share it (at most
+    the number of workers): a result that many tasks read cannot sit next to
+    all of them, so a chunk follows its own data rather than a global mean.
+    Ties go to the input that runs first. Only heavy edges between members of
+    one group count; a node without such an input is a root (its own).
+
+    Complexity: O(edges log edges) for one sort, then O(tasks log depth) for
+    pointer jumping; no recursion.
+    """
+    parent = np.arange(g.n, dtype=np.int64)
+    e = heavy & member[g.src] & member[g.dst] & (comp[g.src] == comp[g.dst])
+    src, dst = g.src[e], g.dst[e]
+    if len(src):
+        fanout = np.minimum(g.outdegree(), n_workers).clip(min=1)
+        pull = size[src] / fanout[src]
+        order = np.lexsort((rank[src], -pull, dst))
+        firsts = order[np.r_[True, dst[order][1:] != dst[order][:-1]]]
+        parent[dst[firsts]] = src[firsts]
+    while True:
+        nxt = parent[parent]
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt
 
 
 def _better_without(filled: float, x: float, cap: float, tolerance: float) -> bool:

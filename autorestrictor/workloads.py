@@ -238,9 +238,7 @@ def dataframe_shuffle(scale: float, client=None) -> list:
     import pandas as pd
 
     rows = _scaled(200_000, scale)
-    meta = pd.DataFrame(
-        {"id": pd.Series(dtype="int64"), "a": pd.Series(dtype="int64"), "b": pd.Series(dtype="int64")}
-    )
+    meta = pd.DataFrame({col: pd.Series(dtype="int64") for col in ("id", "a", "b")})
     df = dd.from_map(_make_frame, range(50), args=(rows,), meta=meta)
     shuffled = df.shuffle("id", shuffle_method="p2p")
     per_part = shuffled.map_partitions(_spread_per_id, meta=pd.Series(dtype="int64"))
@@ -275,7 +273,8 @@ WORKLOADS: dict[str, Workload] = {
         Workload("map-overlap", "depth-1 halo smoothing, sum", map_overlap),
         Workload("hub", "standardise by global mean/std, sum(axis=1)", hub),
         Workload("persisted", "persist, then (x + 1).sum(axis=1)", persisted),
-        Workload("dataframe-shuffle", "P2P shuffle on id, groupby per partition", dataframe_shuffle),
+        Workload("dataframe-shuffle", "P2P shuffle on id, per-partition groupby",
+                 dataframe_shuffle),
         Workload("chains", "100 independent 4-stage chains, 3 outputs each", chains),
     ]
 }

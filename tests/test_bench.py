@@ -1,0 +1,207 @@
+"""Tests of the benchmark harness, the workloads and the demo.
+
+Most tests feed fake rows and need no cluster.  ``test_small_bench`` runs a
+real (small) benchmark: 2 workloads x 2 modes on 2 worker processes, about
+15 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+
+from autorestrictor import bench
+from autorestrictor.__main__ import main as cli_main
+from autorestrictor.bench import ROW_KEYS, ChecksumMismatch, check_checksums, format_table
+from autorestrictor.demo import format_side_by_side, plot_runs
+from autorestrictor.workloads import WORKLOADS, checksum
+
+
+def fake_row(workload="w", mode="default", repeat=0, **overrides):
+    row = {
+        "workload": workload,
+        "mode": mode,
+        "workers": 2,
+        "scale": 0.1,
+        "repeat": repeat,
+        "wall_s": 2.0,
+        "bytes_moved": 100_000_000,
+        "transfers": 50,
+        "peak_memory_bytes": 200_000_000,
+        "peak_memory_per_worker": {"w0": 200_000_000, "w1": 150_000_000},
+        "max_share": 0.5,
+        "plan_s": 0.0,
+        "checksum": "abc",
+    }
+    row.update(overrides)
+    return row
+
+
+# --------------------------------------------------------------------------
+# table and checksum checks (no cluster)
+
+
+def test_format_table_medians_and_ratios():
+    rows = [
+        fake_row("seed-sum", "default", 0, wall_s=2.0),
+        fake_row("seed-sum", "default", 1, wall_s=4.0),
+        fake_row("seed-sum", "default", 2, wall_s=3.0),
+        fake_row("seed-sum", "autorestrictor", 0, bytes_moved=2_000_000, wall_s=1.5,
+                 plan_s=0.0123, peak_memory_bytes=100_000_000),
+    ]
+    table = format_table(rows)
+    lines = table.splitlines()
+    assert lines[0].split()[:2] == ["workload", "mode"]
+    default = next(line for line in lines if line.startswith("seed-sum") and "default" in line)
+    plugin = next(line for line in lines if "autorestrictor" in line)
+    assert " 3.00 " in default  # median of 2, 4, 3
+    assert "100.0" in default and "1.00x" in default
+    assert "0.02x" in plugin  # bytes: 2 MB vs 100 MB
+    assert "0.50x" in plugin  # wall: 1.5 s vs median 3 s, peak: 100 vs 200 MB
+    assert "12.3" in plugin  # plan ms
+
+
+def test_format_table_without_default_mode():
+    lines = format_table([fake_row("x", "no-queuing")]).splitlines()
+    assert lines[2].split()[:2] == ["x", "no-queuing"]
+    assert lines[2].split()[-3:] == ["-", "-", "-"]  # no 'default' to compare with
+
+
+def test_checksum_mismatch_is_an_error():
+    rows = [fake_row("a-plus-b", "default"), fake_row("a-plus-b", "autorestrictor", checksum="xyz")]
+    with pytest.raises(ChecksumMismatch, match="a-plus-b"):
+        check_checksums(rows)
+    with pytest.raises(ChecksumMismatch):
+        format_table(rows)
+    # different workloads may of course differ
+    check_checksums([fake_row("a"), fake_row("b", checksum="other")])
+
+
+def test_cli_exits_nonzero_on_mismatch(monkeypatch, capsys, tmp_path):
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, **kw):
+        return fake_row(workload, mode, repeat, checksum=f"sum-of-{mode}")
+
+    monkeypatch.setattr(bench, "run_one", fake_run_one)
+    out = tmp_path / "rows.json"
+    code = cli_main(["bench", "--workloads", "seed-sum", "--modes", "default,no-queuing",
+                     "--workers", "2", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert "checksum mismatch" in captured.err and "seed-sum" in captured.err
+    assert "seed-sum" not in captured.out  # never printed as a row
+    assert not out.exists()
+
+
+def test_cli_table_and_json(monkeypatch, capsys, tmp_path):
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None):
+        return fake_row(workload, mode, repeat)
+
+    monkeypatch.setattr(bench, "run_one", fake_run_one)
+    out = tmp_path / "rows.json"
+    code = cli_main(["bench", "--workloads", "seed-sum,chains", "--modes", "default,no-queuing",
+                     "--repeat", "2", "--json", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "[8/8] chains no-queuing" in captured.err
+    assert captured.out.count("seed-sum") == 2 and captured.out.count("chains") == 2
+    assert out.exists()
+
+
+def test_unknown_names_are_rejected():
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.run_bench(["no-such-workload"], ["default"])
+    with pytest.raises(ValueError, match="unknown mode"):
+        bench.run_bench(["seed-sum"], ["fastest"])
+
+
+# --------------------------------------------------------------------------
+# workloads and checksums (local scheduler, no cluster)
+
+
+def test_checksum_ignores_last_bit_noise_but_not_real_changes():
+    x = np.linspace(0.1, 1.0, 1000)
+    assert checksum([x]) == checksum([x * (1 + 1e-15)])
+    assert checksum([x]) != checksum([x * (1 + 1e-6)])
+    ints = np.arange(10.0)
+    assert checksum([ints]) != checksum([ints[::-1]])  # exact for integer-valued data
+    assert checksum([np.float64(3.0), 2]) != checksum([np.float64(2.0), 3])
+
+
+LOCAL_WORKLOADS = [n for n in WORKLOADS if n not in ("persisted", "dataframe-shuffle")]
+
+
+@pytest.mark.parametrize("name", LOCAL_WORKLOADS)
+def test_workload_is_deterministic(name):
+    first = dask.compute(*WORKLOADS[name].build(0.01, None), scheduler="sync")
+    second = dask.compute(*WORKLOADS[name].build(0.01, None), scheduler="threads")
+    assert checksum(first) == checksum(second)
+
+
+def test_all_workloads_registered():
+    assert set(WORKLOADS) == {
+        "seed-sum", "a-plus-b", "anom-mean", "vorticity", "double-diff", "rechunk-swap",
+        "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle", "chains",
+    }
+    assert all(w.name == key and w.description for key, w in WORKLOADS.items())
+
+
+# --------------------------------------------------------------------------
+# demo output (fake rows)
+
+
+def test_demo_table_and_plot(tmp_path):
+    stream = [
+        {"worker": "w0", "key": "('sum-abc', 0)", "prefix": "sum",
+         "startstops": [{"action": "compute", "start": 0.1, "stop": 0.3}]},
+        {"worker": "w1", "key": "('sum-abc', 1)", "prefix": "sum",
+         "startstops": [{"action": "transfer", "start": 0.2, "stop": 0.25},
+                        {"action": "compute", "start": 0.3, "stop": 0.5}]},
+    ]
+    memory = {"t": [0.0, 0.25, 0.5], "rss": {"w0": [1e8, 2e8, 1e8], "w1": [1e8, 1.5e8, 1e8]}}
+    rows = [
+        fake_row("seed-sum", "default", stream=stream, memory=memory),
+        fake_row("seed-sum", "autorestrictor", bytes_moved=1_000_000, stream=stream, memory=memory),
+    ]
+    table = format_side_by_side(rows)
+    assert "MB moved" in table and "(0.01x)" in table
+    path = tmp_path / "demo.png"
+    plot_runs(rows, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------
+# a real, small benchmark
+
+
+def test_small_bench(tmp_path):
+    rows = bench.run_bench(
+        ["seed-sum", "a-plus-b"],
+        ["default", "autorestrictor"],
+        workers=2,
+        scale=0.1,
+        repeat=1,
+        json_path=tmp_path / "rows.json",
+        progress=False,
+    )
+    assert len(rows) == 4
+    for row in rows:
+        assert set(ROW_KEYS) <= set(row), set(ROW_KEYS) - set(row)
+        assert row["wall_s"] > 0 and row["peak_memory_bytes"] > 0
+        assert 0.5 <= row["max_share"] <= 1.0
+        assert set(row["peak_memory_per_worker"]) == {"w0", "w1"}
+    by = {(r["workload"], r["mode"]): r for r in rows}
+    for workload in ("seed-sum", "a-plus-b"):
+        default, plugin = by[(workload, "default")], by[(workload, "autorestrictor")]
+        assert default["checksum"] == plugin["checksum"]
+        assert default["plan_s"] == 0.0 and plugin["plan_s"] > 0
+        assert default["bytes_moved"] > 0
+        assert plugin["bytes_moved"] <= default["bytes_moved"] / 10, (workload, plugin, default)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_full_scale_checksums_agree():
+    """Every workload at scale 1 on 4 workers gives the same result in every mode."""
+    rows = bench.run_bench(workers=4, scale=1.0, progress=False)
+    check_checksums(rows)
