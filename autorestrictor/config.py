@@ -38,6 +38,7 @@ class Options:
     light_edge_fraction: float
     balance_tolerance: float
     max_cut_fraction: float
+    admission: bool
     history: int
 
     @classmethod

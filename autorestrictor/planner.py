@@ -413,7 +413,7 @@ def assign(
         is_root = in_split & (anchor[nodes] == nodes)
         r, rc = nodes[is_root], c[is_root]  # already in (group, priority) order
         rl = tree_load[r]
-        starts = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])
+        starts = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])[: len(rc)]
         before = np.repeat(np.cumsum(rl)[starts] - rl[starts], np.diff(np.r_[starts, len(rc)]))
         bucket = np.zeros(g.n, dtype=np.int64)
         bucket[r] = np.floor((np.cumsum(rl) - rl / 2 - before) / piece_size)

@@ -3,27 +3,42 @@
 It reads the new tasks of each graph from ``scheduler.tasks``, asks
 :func:`autorestrictor.plan` where they should run, and applies the answer as
 worker restrictions before the scheduler transitions the tasks. It then keeps
-its promises as the cluster changes: pins to a worker that leaves are moved
-to the survivors, and a worker that joins takes over groups that have not
-started.
+its promises as the cluster changes: pins to a worker that leaves move to the
+survivors, and a worker that joins takes over pieces that have not started.
 
-Pins are *hard* restrictions (``loose_restrictions=False``). With loose
-ones, the work-stealing extension lets any idle worker take a pinned task,
-and every stolen root drags its output back across the network, which is
-exactly the traffic the plan avoids. Hard pins are only safe because this
-plugin re-homes them whenever a worker leaves (``remove_worker``), in the
-same event-loop tick in which the scheduler parks them in ``no-worker``.
+Two design decisions, and why:
+
+*Pins are hard* (``loose_restrictions=False``). With loose ones the
+work-stealing extension lets any idle worker take a pinned task, and every
+stolen root drags its output back across the network: exactly the traffic
+the plan avoids. Hard pins are safe only because this plugin re-homes them
+whenever a worker leaves (``remove_worker``), in the same event-loop tick in
+which the scheduler parks them in ``no-worker``, and because a pin is
+cleared once its task has run (a lost result is then recomputed anywhere).
+
+*Pinned roots are admitted, not pushed* (option ``admission``). Dask's
+queuing holds root tasks on the scheduler and hands them out as threads free
+up; tasks with restrictions bypass that queue, and a worker sent all of its
+roots at once runs ahead of their consumers and fills its memory. So the
+plugin keeps its own queue per worker: pinned roots wait in ``no-worker``,
+restricted to a placeholder address no worker has, and are released in
+priority order whenever their worker has fewer tasks processing than
+``worker-saturation`` allows, the same rule Dask's queue uses. A periodic
+check releases them even if no transition prompts it.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 from collections import defaultdict, deque
 from time import perf_counter, time
 from typing import Any
 
+import dask.config
 from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado.ioloop import PeriodicCallback
 
 from autorestrictor.config import Options
 from autorestrictor.planner import Plan, plan
@@ -31,6 +46,10 @@ from autorestrictor.planner import Plan, plan
 logger = logging.getLogger("autorestrictor")
 
 TOPIC = "autorestrictor"
+
+#: Where held roots are "restricted" to: no worker has this address, so the
+#: scheduler keeps them in ``no-worker`` until the plugin releases them.
+HOLD = "autorestrictor://held"
 
 #: Task states in which a pin still matters: the task has not run yet.
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
@@ -61,10 +80,15 @@ class AutoRestrictor(SchedulerPlugin):
     def __init__(self, **options: Any):
         self.options = Options.from_config(**options)
         self.history: deque[dict] = deque(maxlen=self.options.history)
-        # worker address -> pieces (lists of keys) this plugin pinned there.
+        # worker address -> pieces (lists of keys) this plugin pinned there
         self.pieces: dict[str, list[list]] = defaultdict(list)
+        # worker address -> heap of (priority, key) of roots waiting for a slot
+        self.held: dict[str, list] = defaultdict(list)
+        self._held_at: dict = {}  # key -> the queue that currently owns it
         self.scheduler = None
         self._n_plans = 0
+        self._release_soon = False
+        self._admission = self.options.admission
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -78,10 +102,23 @@ class AutoRestrictor(SchedulerPlugin):
         from autorestrictor.http import add_routes
 
         add_routes(scheduler)
+        if self._admission and dask.config.get("distributed.scheduler.no-workers-timeout", None):
+            # Held roots sit in no-worker; a timeout there would fail them.
+            self._admission = False
+            logger.info("admission off: distributed.scheduler.no-workers-timeout is set")
+        if self._admission and math.isinf(self._saturation()):
+            self._admission = False
+            logger.info("admission off: worker-saturation is inf (queuing disabled)")
+        pc = PeriodicCallback(self._release_all, 500)
+        scheduler.periodic_callbacks["autorestrictor-release"] = pc
+        if getattr(scheduler, "status", None) is not None and scheduler.status.name == "running":
+            pc.start()
 
     def restart(self, scheduler) -> None:
         # Every task is forgotten on restart; so are our pins.
         self.pieces.clear()
+        self.held.clear()
+        self._held_at.clear()
 
     # -- graphs --------------------------------------------------------------
 
@@ -164,26 +201,98 @@ class AutoRestrictor(SchedulerPlugin):
         )
 
     def _apply(self, scheduler, p: Plan) -> None:
-        """Pin each planned key. All or nothing: a failure undoes what was done."""
+        """Pin each planned key. All or nothing: a failure undoes what was done.
+
+        Roots are held for admission (see the module docstring); the first
+        ones are released on the next tick of the event loop, once the
+        scheduler has moved them to ``no-worker``.
+        """
         tasks = scheduler.tasks
         done = []
-        by_piece: dict[int, list] = defaultdict(list)
+        by_piece: dict[int, tuple[str, list]] = {}
+        held = []
         try:
             for key, w, piece in zip(p.keys, p.worker_of.tolist(), p.piece_of.tolist()):
                 ts = tasks[key]
                 addr = p.workers[w]
-                ts.worker_restrictions = {addr}
+                if self._admission and not ts.dependencies:
+                    ts.worker_restrictions = {HOLD}
+                    held.append((addr, ts))
+                else:
+                    ts.worker_restrictions = {addr}
                 ts.loose_restrictions = False
                 done.append(ts)
-                by_piece[piece].append(key)
+                by_piece.setdefault(piece, (addr, []))[1].append(key)
         except BaseException:
             for ts in done:
                 ts.worker_restrictions = set()
             raise
-        for piece, keys in by_piece.items():
-            addr = tasks[keys[0]].worker_restrictions
-            self.pieces[next(iter(addr))].append(keys)
+        for addr, ts in held:
+            self._hold(addr, ts)
+        for addr, keys in by_piece.values():
+            self.pieces[addr].append(keys)
         self._prune()
+        if held:
+            self._schedule_release()
+
+    # -- admission -----------------------------------------------------------
+
+    def _hold(self, addr: str, ts) -> None:
+        """Queue a held root for ``addr``; a later queue for the same key wins."""
+        heapq.heappush(self.held[addr], (ts.priority, ts.key))
+        self._held_at[ts.key] = addr
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        # A task leaving "processing" frees a slot on its worker.
+        if start == "processing" and self.held:
+            self._schedule_release()
+
+    def _schedule_release(self) -> None:
+        if not self._release_soon and self.scheduler is not None:
+            self._release_soon = True
+            self.scheduler.loop.add_callback(self._release_all)
+
+    def _saturation(self) -> float:
+        s = getattr(self.scheduler, "WORKER_SATURATION", None)
+        if s is None:
+            s = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
+        return float(s)
+
+    def _release_all(self) -> None:
+        """Send held roots to their workers, as many as each has free slots."""
+        self._release_soon = False
+        scheduler = self.scheduler
+        if scheduler is None or not self.held:
+            return
+        saturation = self._saturation()
+        recs: dict = {}
+        tasks = scheduler.tasks
+        for addr in list(self.held):
+            heap = self.held[addr]
+            ws = scheduler.workers.get(addr)
+            if ws is None or ws not in scheduler.running:
+                continue
+            if math.isinf(saturation):
+                free = len(heap)
+            else:
+                busy = len(ws.processing) - len(ws.long_running)
+                free = max(math.ceil(saturation * ws.nthreads), 1) - busy
+            while heap and free > 0:
+                _, key = heapq.heappop(heap)
+                if self._held_at.get(key) != addr:
+                    continue  # moved to another worker's queue
+                del self._held_at[key]
+                ts = tasks.get(key)
+                if ts is None or ts.worker_restrictions != {HOLD}:
+                    continue  # cancelled or forgotten meanwhile
+                ts.worker_restrictions = {addr}
+                if ts.state == "no-worker":
+                    recs[key] = "processing"
+                    free -= 1
+            if not heap:
+                del self.held[addr]
+        if recs:
+            scheduler.transitions(recs, f"autorestrictor-release-{time()}")
 
     # -- workers -------------------------------------------------------------
 
@@ -192,11 +301,12 @@ class AutoRestrictor(SchedulerPlugin):
 
         Runs after the scheduler has released the worker's tasks; the ones
         pinned to it sit in ``no-worker``. Each piece goes whole to the
-        survivor with the least pinned work per thread, and whatever is
-        runnable is sent to it at once.
+        survivor with the least pinned work per thread; whatever is runnable
+        is sent to it at once, held roots join its queue.
         """
         self._attach(scheduler)
         pieces = self.pieces.pop(worker, [])
+        self.held.pop(worker, None)
         live = [keys for keys in (self._pending(scheduler, k, worker) for k in pieces) if keys]
         if not live:
             return
@@ -206,7 +316,7 @@ class AutoRestrictor(SchedulerPlugin):
             # scheduler treats these tasks like any other when workers come.
             self._unpin(scheduler, [k for keys in live for k in keys], "no running worker left")
             return
-        heap = [(self._pinned_load(scheduler, ws.address) / ws.nthreads, ws.address, ws.nthreads)
+        heap = [(self._pinned_load(ws.address) / ws.nthreads, ws.address, ws.nthreads)
                 for ws in running]
         heapq.heapify(heap)
         moved = 0
@@ -218,6 +328,7 @@ class AutoRestrictor(SchedulerPlugin):
             moved += len(keys)
             heapq.heappush(heap, (load + len(keys) / nthreads, addr, nthreads))
         scheduler.transitions(recs, stimulus_id)
+        self._schedule_release()
         msg = {"action": "worker-removed", "worker": worker, "pieces": len(live), "tasks": moved}
         scheduler.log_event(TOPIC, msg)
         logger.info("worker %s left: %d pinned task(s) in %d piece(s) moved to %d survivor(s)",
@@ -226,10 +337,11 @@ class AutoRestrictor(SchedulerPlugin):
     def add_worker(self, scheduler, worker: str) -> None:
         """Give a new worker its share of the pieces that have not started.
 
-        Pieces are taken whole, from the most loaded workers first. Tasks
-        not yet sent are simply re-pinned; tasks already sent but not
-        running are asked back through the work-stealing extension, which
-        only moves them if the old worker has not started them.
+        Pieces are taken whole, from the most loaded workers first. Held
+        roots change queue, tasks not yet sent are re-pinned, and roots
+        already sent but not running are asked back through the
+        work-stealing extension, which moves them only if the old worker has
+        not started them.
         """
         self._attach(scheduler)
         ws_new = scheduler.workers.get(worker)
@@ -242,17 +354,15 @@ class AutoRestrictor(SchedulerPlugin):
             for keys in pieces:
                 if self._unstarted(scheduler, keys, addr):
                     movable.append((len(keys), addr, keys))
-        total = sum(self._pinned_load(scheduler, a) for a in self.pieces)
-        want = total * ws_new.nthreads / total_threads
+        load = {a: self._pinned_load(a) for a in self.pieces}
+        want = sum(load.values()) * ws_new.nthreads / total_threads
         if not movable or want <= 0:
             return
-        load = {a: self._pinned_load(scheduler, a) for a in self.pieces}
         stealing = scheduler.extensions.get("stealing")
         taken = 0
         recs: dict = {}
-        # Largest loads give first; within one worker, its last pieces (the
-        # ones it would start last) go first.
-        for n, addr, keys in sorted(movable, key=lambda m: (-load[m[1]], -len(m[2]))):
+        # The most loaded workers give first, their largest pieces first.
+        for n, addr, keys in sorted(movable, key=lambda m: (-load[m[1]], -m[0])):
             if taken + n / 2 > want:
                 break
             if max(load[addr] - n, taken + n) >= load[addr]:
@@ -264,6 +374,7 @@ class AutoRestrictor(SchedulerPlugin):
             taken += n
         if taken:
             scheduler.transitions(recs, f"autorestrictor-add-worker-{time()}")
+            self._schedule_release()
             scheduler.log_event(TOPIC, {"action": "worker-added", "worker": worker, "tasks": taken})
             logger.info("worker %s joined: %d unstarted pinned task(s) moved to it", worker, taken)
 
@@ -271,12 +382,16 @@ class AutoRestrictor(SchedulerPlugin):
 
     @staticmethod
     def _pending(scheduler, keys: list, addr: str) -> list:
-        """The keys of a piece still pinned by us to ``addr`` and not yet run."""
+        """The keys of a piece still pinned by us (to ``addr`` or held) and not yet run."""
         tasks = scheduler.tasks
         out = []
         for k in keys:
             ts = tasks.get(k)
-            if ts is not None and ts.state in _PENDING and ts.worker_restrictions == {addr}:
+            if (
+                ts is not None
+                and ts.state in _PENDING
+                and ts.worker_restrictions in ({addr}, {HOLD})
+            ):
                 out.append(k)
         return out
 
@@ -285,23 +400,29 @@ class AutoRestrictor(SchedulerPlugin):
         tasks = scheduler.tasks
         for k in keys:
             ts = tasks.get(k)
-            if ts is None or ts.state not in _PENDING or ts.worker_restrictions != {addr}:
+            if (
+                ts is None
+                or ts.state not in _PENDING
+                or ts.worker_restrictions not in ({addr}, {HOLD})
+            ):
                 return False
-            if ts.state == "processing" and ts.processing_on is not None and ts.dependencies:
+            if ts.state == "processing" and ts.dependencies:
                 # Non-root tasks are sent once their inputs exist: the piece has started.
                 return False
         return True
 
-    def _pinned_load(self, scheduler, addr: str) -> int:
+    def _pinned_load(self, addr: str) -> int:
         return sum(len(keys) for keys in self.pieces.get(addr, ()))
 
-    @staticmethod
-    def _repin(scheduler, keys: list, addr: str, recs: dict, stealing=None) -> None:
+    def _repin(self, scheduler, keys: list, addr: str, recs: dict, stealing=None) -> None:
         tasks = scheduler.tasks
         thief = scheduler.workers[addr]
         for k in keys:
             ts = tasks.get(k)
             if ts is None:
+                continue
+            if ts.worker_restrictions == {HOLD}:
+                self._hold(addr, ts)
                 continue
             ts.worker_restrictions = {addr}
             ts.loose_restrictions = False
@@ -400,7 +521,8 @@ def _where(ts) -> list[str] | None:
     if ts.processing_on is not None:
         return [ts.processing_on.address]
     if len(ts.worker_restrictions or ()) == 1 and not ts.loose_restrictions:
-        return list(ts.worker_restrictions)
+        (addr,) = ts.worker_restrictions
+        return None if addr == HOLD else [addr]
     return None
 
 
