@@ -1,4 +1,4 @@
-"""Command line: ``python -m autorestrictor {bench,demo} ...``.
+"""Command line: ``python -m autorestrictor {bench,bench-plan,demo} ...``.
 
 Adding a subcommand means writing one function decorated with
 :func:`subcommand`: it receives the subcommand's ``argparse`` parser, adds its
@@ -39,6 +39,14 @@ def _demo(parser: argparse.ArgumentParser) -> Runner:
 
     demo.add_arguments(parser)
     return demo.main
+
+
+@subcommand("bench-plan", help="time the planner alone on large synthetic graphs")
+def _bench_plan(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor import benchplan
+
+    benchplan.add_arguments(parser)
+    return benchplan.main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,9 @@ size. Memory is the peak of Python allocations during ``plan()``
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import statistics
 import sys
 import time
@@ -126,3 +128,40 @@ def _graph_event(scheduler) -> dict | None:
         if isinstance(msg, dict) and msg.get("action") == "update-graph" and "metrics" in msg:
             return msg["metrics"]
     return None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--graphs", default="reduction,chains,halo,all-to-all",
+                        help=f"comma-separated graph kinds, from {sorted(GRAPHS)}")
+    parser.add_argument("--sizes", default="10000,233333,2333333",
+                        help="comma-separated approximate task counts")
+    parser.add_argument("--workers", default="100,1000",
+                        help="comma-separated worker counts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; medians shown")
+    parser.add_argument("--update-graph", type=int, default=0, metavar="CHUNKS",
+                        help="also submit a graph of about 4/3 CHUNKS tasks to a real "
+                             "scheduler and report the plugin's share of update-graph")
+    parser.add_argument("--json", default=None, help="write the rows to this file")
+
+
+def main(args: argparse.Namespace) -> int:
+    rows = run(
+        args.graphs.split(","),
+        [int(x) for x in args.sizes.split(",")],
+        [int(x) for x in args.workers.split(",")],
+        args.repeat,
+    )
+    print(format_rows(rows))
+    out = {"planner": rows}
+    if args.update_graph:
+        share = update_graph_share(args.update_graph)
+        out["update_graph"] = share
+        print(
+            f"\nupdate-graph of {share['tasks']:,} tasks: scheduler {share['scheduler_update_graph_s']:.2f} s, "
+            f"plugin {share['plugin_s']:.3f} s (planning {share['plan_s']:.3f} s): "
+            f"{share['share']:.1%} of the scheduler's own time"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+    return 0

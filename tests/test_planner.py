@@ -325,3 +325,25 @@ def test_random_dags_are_balanced(seed, n_workers):
         share = p.n_pinned / n_workers
         biggest_piece = max(Counter(p.piece_of.tolist()).values())
         assert max(p.load.values()) <= 1.3 * share + biggest_piece
+
+
+def test_split_group_whose_roots_are_all_in_memory():
+    r"""
+    Regression: a group too big for one worker whose roots are all results
+    already in memory (a persisted array, then a tree reduction) once made
+    the planner index an empty array.
+
+        x0 x1 ... x63   (in memory, 16 per worker)
+        |  |      |
+        a0 a1 ... a63 -> tree of partial sums -> out
+    """
+    deps = {f"a{i}": [f"x{i}"] for i in range(64)}
+    deps.update({f"p{j}": [f"a{i}" for i in range(4 * j, 4 * j + 4)] for j in range(16)})
+    deps.update({f"q{j}": [f"p{i}" for i in range(4 * j, 4 * j + 4)] for j in range(4)})
+    deps["out"] = [f"q{j}" for j in range(4)]
+    who = {f"x{i}": f"w{i // 16}" for i in range(64)}
+    p = plan(deps, W4, who_has=who, min_tasks=1, partition_factor=0.25)
+    check_plan(p, deps, W4)
+    assert p.applied
+    for i in range(64):
+        assert p.assignment[f"a{i}"] == f"w{i // 16}"
