@@ -48,7 +48,10 @@ def chaos_once(seed: int) -> None:
             time.sleep(0.01)
         victim = rng.choice(sorted(client.run(os.getpid).values()))
         os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
         result = fut.result(timeout=120)
+        print(f"chaos seed {seed}: killed after {goal} tasks, finished "
+              f"{time.monotonic() - killed:.2f} s after the kill")
         plans = autorestrictor.last_plans(client)
     np.testing.assert_allclose(result, expected, rtol=1e-12)
     assert plans[0]["reason"] is None, plans
