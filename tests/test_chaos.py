@@ -21,12 +21,12 @@ from autorestrictor import AutoRestrictor
 
 
 def _slow(block):
-    time.sleep(0.03)
+    time.sleep(0.05)
     return block * 2
 
 
-def _tasks_in_memory(dask_scheduler=None):
-    return sum(ts.state == "memory" for ts in dask_scheduler.tasks.values())
+def _transitions(dask_scheduler=None):
+    return dask_scheduler.transition_counter
 
 
 def chaos_once(seed: int) -> None:
@@ -39,18 +39,21 @@ def chaos_once(seed: int) -> None:
         dashboard_address=":0",
     ) as cluster, Client(cluster) as client:
         client.register_plugin(AutoRestrictor(min_tasks=1))
+        start = client.run_on_scheduler(_transitions)
         fut = client.compute(graph)
-        # a random moment: after a random number of tasks have finished
-        goal = rng.randint(5, 200)
+        # A random moment: after a random number of scheduler transitions (the
+        # graph makes about 700). Polling, because the moment is the point.
+        goal = start + rng.randint(20, 350)
         deadline = time.monotonic() + 60
-        while client.run_on_scheduler(_tasks_in_memory) < goal and not fut.done():
+        while client.run_on_scheduler(_transitions) < goal:
             assert time.monotonic() < deadline, "the computation made no progress"
             time.sleep(0.01)
+        assert not fut.done(), "the kill must land during the computation"
         victim = rng.choice(sorted(client.run(os.getpid).values()))
         os.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
         result = fut.result(timeout=120)
-        print(f"chaos seed {seed}: killed after {goal} tasks, finished "
+        print(f"chaos seed {seed}: killed after {goal - start} transitions, finished "
               f"{time.monotonic() - killed:.2f} s after the kill")
         plans = autorestrictor.last_plans(client)
     np.testing.assert_allclose(result, expected, rtol=1e-12)
