@@ -359,8 +359,8 @@ def assign(
     a. Lay the pinnable nodes out in order: groups by their first task in
        priority order, and within a group by priority.
     b. Split each group heavier than ``(1 + balance-tolerance)`` worker
-       shares, and with more than one task side by side, into share-sized
-       pieces: every task follows its heaviest input down to a root, and the
+       shares, or reading data in memory on several workers, and with more
+       than one task side by side, into share-sized pieces: every task follows its heaviest input down to a root, and the
        group's roots, in priority order, are cut into runs weighted by the
        tasks that follow them (contiguous runs of priority tend to be
        neighbours, so halos and tree reductions get few seams, and a chunk's
@@ -402,7 +402,14 @@ def assign(
     piece_size = share * threads.mean()
     comp_load = np.bincount(c, weights=w, minlength=len(first))
     wide = _widths(c, depth[nodes], len(first)) > 1
-    split = (comp_load > (1 + opts.balance_tolerance) * share * threads.max()) & wide
+    split = comp_load > (1 + opts.balance_tolerance) * share * threads.max()
+    # A group reading data in memory on several workers is split along that
+    # data too, so that each part runs where its own inputs are.
+    loc = np.flatnonzero(located >= 0)
+    if len(loc):
+        pairs = np.unique(comp[loc].astype(np.int64) * n_workers + located[loc])
+        split |= np.bincount(pairs // n_workers, minlength=len(first))[: len(first)] > 1
+    split &= wide
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
         member = np.zeros(g.n, dtype=bool)
