@@ -306,7 +306,9 @@ class AutoRestrictor(SchedulerPlugin):
         """
         self._attach(scheduler)
         pieces = self.pieces.pop(worker, [])
-        self.held.pop(worker, None)
+        for _, key in self.held.pop(worker, ()):
+            if self._held_at.get(key) == worker:
+                del self._held_at[key]
         live = [keys for keys in (self._pending(scheduler, k, worker) for k in pieces) if keys]
         if not live:
             return
@@ -440,6 +442,7 @@ class AutoRestrictor(SchedulerPlugin):
         # Unpinned tasks in no-worker are picked up by the scheduler as soon
         # as any worker arrives (bulk_schedule_unrunnable_after_adding_worker).
         for k in keys:
+            self._held_at.pop(k, None)
             ts = scheduler.tasks.get(k)
             if ts is not None:
                 ts.worker_restrictions = set()

@@ -205,3 +205,22 @@ def test_full_scale_checksums_agree():
     """Every workload at scale 1 on 4 workers gives the same result in every mode."""
     rows = bench.run_bench(workers=4, scale=1.0, progress=False)
     check_checksums(rows)
+
+
+def test_admission_keeps_memory_on_eager_root_workloads():
+    """Many independent chains with several outputs punish eager roots.
+
+    Turning queuing off (``no-queuing``) costs 2.3x Dask's default peak
+    memory here; the plugin, which pins every root, must stay within 1.1x.
+    """
+    rows = bench.run_bench(
+        ["chains"], ["default", "autorestrictor"], workers=4, scale=1.0, repeat=1,
+        progress=False,
+    )
+    by = {r["mode"]: r for r in rows}
+    default, plugin = by["default"], by["autorestrictor"]
+    assert plugin["checksum"] == default["checksum"]
+    assert plugin["plans"] and plugin["plan_s"] > 0
+    assert plugin["peak_memory_bytes"] <= 1.1 * default["peak_memory_bytes"], (
+        plugin["peak_memory_per_worker"], default["peak_memory_per_worker"]
+    )

@@ -456,3 +456,46 @@ async def test_p2p_shuffle_is_left_to_p2p(c, s, *workers):
     pd.testing.assert_series_equal(
         result.sort_index(), pdf.groupby("id").v.sum().sort_index(), check_names=False
     )
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_admission_holds_roots_until_threads_free_up(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    p = s.plugins["autorestrictor"]
+    ev = Event()
+    x = da.ones((100, 40), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: a.state.executing_count and b.state.executing_count, timeout=5)
+    # like Dask's queue: at most ceil(1.1 x 1 thread) = 2 tasks sent per worker
+    assert all(len(ws.processing) <= 2 for ws in s.workers.values())
+    assert sum(map(len, p.held.values())) >= 40 - 4
+    assert len(s.unrunnable) >= 40 - 4
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 40.0))
+    assert not p.held and not p._held_at and not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_admission_off_without_queuing(c, s, a, b):
+    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+        s.WORKER_SATURATION = float("inf")
+        await c.register_plugin(AutoRestrictor())
+    assert not s.plugins["autorestrictor"]._admission
+    assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_losing_every_worker_unpins(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    p = s.plugins["autorestrictor"]
+    ev = Event()
+    x = da.ones((100, 20), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: p.pieces, timeout=5)
+    await s.remove_worker(a.address, stimulus_id="test")
+    await s.remove_worker(b.address, stimulus_id="test")
+    assert not p.pieces and not p._held_at
+    assert not any(ts.worker_restrictions for ts in s.tasks.values())
+    async with Worker(s.address, nthreads=1):
+        await ev.set()
+        np.testing.assert_array_equal(await fut, np.full(100, 20.0))
