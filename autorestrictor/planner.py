@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -273,7 +274,7 @@ def plan(
             f"(max-cut-fraction={opts.max_cut_fraction}): no partition helps"
         )
     n_groups = len(np.unique(comp[pinned]))
-    keys = [g.keys[i] for i in pinned.tolist()]
+    keys = list(map(g.keys.__getitem__, pinned.tolist()))
     return Plan(
         workers=addrs, keys=keys, worker_of=worker_of[pinned],
         piece_of=piece_of[pinned], n_tasks=g.n_tasks, n_groups=n_groups,
@@ -388,7 +389,7 @@ def assign(
 
     # a. Order: groups by their first task, then tasks by priority.
     c = comp[nodes]
-    first = np.full(comp.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    first = np.full(comp.max() + 1, np.inf)
     np.minimum.at(first, c, rank[nodes])
     order = np.lexsort((rank[nodes], c, first[c]))
     nodes, c = nodes[order], c[order]
@@ -401,7 +402,7 @@ def assign(
     share = total / threads.sum()  # fair work per thread
     piece_size = share * threads.mean()
     comp_load = np.bincount(c, weights=w, minlength=len(first))
-    wide = _widths(c, depth[nodes], len(first)) > 1
+    wide = _wide(c, depth[nodes], len(first))
     split = comp_load > (1 + opts.balance_tolerance) * share * threads.max()
     # A group reading data in memory on several workers is split along that
     # data too, so that each part runs where its own inputs are.
@@ -569,13 +570,19 @@ def _better_without(filled: float, x: float, cap: float, tolerance: float) -> bo
     return over > tolerance * cap or over > cap - filled
 
 
-def _widths(c: np.ndarray, depth: np.ndarray, n_comp: int) -> np.ndarray:
-    """Largest number of tasks of one group at one depth (1 for a chain). O(n log n)."""
-    d = depth - depth.min()
-    uniq, counts = np.unique(c * (int(d.max()) + 1) + d, return_counts=True)
-    width = np.zeros(n_comp, dtype=np.int64)
-    np.maximum.at(width, uniq // (int(d.max()) + 1), counts)
-    return width
+def _wide(c: np.ndarray, depth: np.ndarray, n_comp: int) -> np.ndarray:
+    """Which groups have two tasks at one depth (a chain has none).
+
+    By the pigeonhole principle a group has two tasks at one depth exactly
+    when it has more tasks than depths between its shallowest and deepest.
+
+    Complexity: O(tasks), no sort.
+    """
+    lo = np.full(n_comp, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n_comp, -1, dtype=np.int64)
+    np.minimum.at(lo, c, depth)
+    np.maximum.at(hi, c, depth)
+    return np.bincount(c, minlength=n_comp) > hi - lo + 1
 
 
 def predicted_transfer(
@@ -630,8 +637,8 @@ def _check_workers(workers: Mapping[str, int]) -> tuple[list[str], np.ndarray]:
 
 def _positions(g: Graph, keys: Collection[Key]) -> np.ndarray:
     """Node number of each key, -1 for keys not in the graph. O(len(keys)), in C."""
-    if len(keys) == g.n_tasks and list(keys) == g.keys[: g.n_tasks]:
-        return np.arange(g.n_tasks, dtype=np.int64)  # same keys, same order
+    if len(keys) == g.n_tasks and all(map(operator.is_, keys, g.keys)):
+        return np.arange(g.n_tasks, dtype=np.int64)  # the very same keys, same order
     return np.fromiter(
         map(g.index.get, keys, itertools.repeat(-1)), dtype=np.int64, count=len(keys)
     )
@@ -656,9 +663,12 @@ def _per_node(
             raise TypeError(f"{name} must be a mapping of key -> number")
         idx = _positions(g, values)
         try:
-            arr = np.asarray(list(values.values()), dtype=np.float64)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{name} values must be numbers (or None)") from e
+            arr = np.fromiter(values.values(), dtype=np.float64, count=len(values))
+        except (TypeError, ValueError):
+            try:  # None for unknown values, or sequences (rejected below)
+                arr = np.asarray(list(values.values()), dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{name} values must be numbers (or None)") from e
         if arr.ndim != 1:
             raise ValueError(f"{name} values must be numbers, not sequences")
         bad = np.isinf(arr) | (arr < 0 if nonnegative else False)
@@ -715,12 +725,14 @@ def _located(
 
 
 def _ranks(g: Graph, priority: Mapping[Key, float] | None, terminals: np.ndarray) -> np.ndarray:
-    """Rank 0..n-1 of every node in run order (lower first)."""
-    fallback = preorder_from_terminals(g, terminals)
-    if not priority:
-        return fallback
-    p = _per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
-    order = np.lexsort((fallback, p))  # unknown priorities go last, in structural order
-    rank = np.empty(g.n, dtype=np.int64)
-    rank[order] = np.arange(g.n)
-    return rank
+    """A run-order value for every node (lower first), used only to sort.
+
+    The given priorities where known; nodes without one come after all of
+    them, in depth-first order from the outputs (computed only if needed).
+    """
+    p = _per_node(g, priority, default=np.nan, name="priority", nonnegative=False)
+    unknown = np.isnan(p)
+    if unknown.any():
+        base = np.nanmax(p) + 1 if not unknown.all() else 0.0
+        p[unknown] = base + preorder_from_terminals(g, terminals)[unknown]
+    return p
