@@ -499,3 +499,20 @@ async def test_losing_every_worker_unpins(c, s, a, b):
     async with Worker(s.address, nthreads=1):
         await ev.set()
         np.testing.assert_array_equal(await fut, np.full(100, 20.0))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
+async def test_retire_worker_mid_computation(c, s, a, b, w3):
+    """retire_workers (adaptive scale-down): pins move before the worker goes."""
+    await c.register_plugin(AutoRestrictor())
+    ev = Event()
+    x = da.ones((100, 30), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: len(pinned(s)) == 3, timeout=5)
+    victim = max(pinned(s), key=pinned(s).get)
+    # retire while the victim's pinned work is still blocked
+    await asyncio.wait_for(s.retire_workers(workers=[victim], stimulus_id="test"), 10)
+    assert victim not in pinned(s)
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 30.0))
+    assert victim not in s.workers and not s.unrunnable
