@@ -233,7 +233,8 @@ def plan(
     # Steps 1 and 2.
     roots = find_roots(g)
     terminals = find_terminals(g)
-    rank = _ranks(g, priority, terminals)
+    structural = preorder_from_terminals(g, terminals)
+    rank = _ranks(g, priority, structural)
 
     # Step 3.
     target = max(2, int(np.ceil(opts.partition_factor * threads.sum())))
@@ -255,7 +256,8 @@ def plan(
     notes: list[str] = []
     for _ in range(3):
         worker_of, piece_of, all_to_all, note = assign(
-            g, comp, pinnable, rank, depth, cost_arr, size, located, heavy, threads, opts
+            g, comp, pinnable, rank, structural, depth, cost_arr, size, located, heavy,
+            threads, opts,
         )
         if note:
             notes.append(note)
@@ -347,6 +349,7 @@ def assign(
     comp: np.ndarray,
     pinnable: np.ndarray,
     rank: np.ndarray,
+    structural: np.ndarray,
     depth: np.ndarray,
     cost: np.ndarray,
     size: np.ndarray,
@@ -357,8 +360,12 @@ def assign(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
 
-    a. Lay the pinnable nodes out in order: groups by their first task in
-       priority order, and within a group by priority.
+    a. Lay the pinnable nodes out in order: groups in the graph's own
+       order (depth-first from the outputs, taken in the order the keys were
+       given), and within a group by priority. dask.order breaks ties
+       between independent groups by key name, which scatters neighbouring
+       chunks; the graph's order keeps them together, so that a later graph
+       combining neighbours finds them on one worker.
     b. Split each group heavier than ``(1 + balance-tolerance)`` worker
        shares, or reading data in memory on several workers, and with more
        than one task side by side, into share-sized pieces: every task follows its heaviest input down to a root, and the
@@ -390,7 +397,7 @@ def assign(
     # a. Order: groups by their first task, then tasks by priority.
     c = comp[nodes]
     first = np.full(comp.max() + 1, np.inf)
-    np.minimum.at(first, c, rank[nodes])
+    np.minimum.at(first, c, structural[nodes])
     order = np.lexsort((rank[nodes], c, first[c]))
     nodes, c = nodes[order], c[order]
     w = cost[nodes]
@@ -427,7 +434,12 @@ def assign(
         bucket[r] = np.floor((np.cumsum(rl) - rl / 2 - before) / piece_size)
         # trees rooted in placed data form one piece per worker holding it
         bucket[located >= 0] = -1 - located[located >= 0]
-        sub[in_split] = bucket[anchor[nodes[in_split]]]
+        split_nodes = nodes[in_split]
+        bucket[split_nodes] = bucket[anchor[split_nodes]]
+        movable = np.zeros(g.n, dtype=bool)
+        movable[split_nodes[anchor[split_nodes] != split_nodes]] = True
+        _follow_majority(g, bucket, movable, member | (located >= 0), comp, heavy, size, n_workers)
+        sub[in_split] = bucket[split_nodes]
         order = np.lexsort((rank[nodes], sub, c, first[c]))
         nodes, c, sub, w = nodes[order], c[order], sub[order], w[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
@@ -563,6 +575,50 @@ def _tree_roots(
         if np.array_equal(nxt, parent):
             return parent
         parent = nxt
+
+
+def _follow_majority(
+    g: Graph,
+    bucket: np.ndarray,
+    movable: np.ndarray,
+    member: np.ndarray,
+    comp: np.ndarray,
+    heavy: np.ndarray,
+    size: np.ndarray,
+    n_workers: int,
+    rounds: int = 2,
+) -> None:
+    """Move each non-root task of a split group to the piece most of its inputs are in.
+
+    Following one input (``_tree_roots``) is right inside a piece; at a seam
+    a task reading three inputs from one piece and one from the next should
+    not follow the one. Each round looks one level further up; two rounds
+    settle a reduction's first two levels and a halo's overlap step. Ties
+    keep the current piece. Updates ``bucket`` in place.
+
+    Complexity: O(edges log edges) per round (one sort).
+    """
+    e = heavy & movable[g.dst] & member[g.src] & (comp[g.src] == comp[g.dst])
+    src, dst = g.src[e], g.dst[e]
+    if len(src) == 0:
+        return
+    pull = size[src] / np.minimum(g.outdegree(), n_workers).clip(min=1)[src]
+    for _ in range(rounds):
+        b = bucket[src]
+        low = int(b.min())
+        span = int(b.max()) - low + 1
+        key = dst * span + (b - low)
+        uniq, inv = np.unique(key, return_inverse=True)
+        sums = np.bincount(inv, weights=pull)
+        owner = uniq // span
+        candidate = uniq % span + low
+        keep = candidate == bucket[owner]  # ties go to the current piece
+        best = np.lexsort((~keep, -sums, owner))
+        first = best[np.r_[True, owner[best][1:] != owner[best][:-1]]]
+        new = candidate[first]
+        if np.array_equal(bucket[owner[first]], new):
+            return
+        bucket[owner[first]] = new
 
 
 def _better_without(filled: float, x: float, cap: float, tolerance: float) -> bool:
@@ -724,15 +780,15 @@ def _located(
     return located
 
 
-def _ranks(g: Graph, priority: Mapping[Key, float] | None, terminals: np.ndarray) -> np.ndarray:
+def _ranks(g: Graph, priority: Mapping[Key, float] | None, fallback: np.ndarray) -> np.ndarray:
     """A run-order value for every node (lower first), used only to sort.
 
     The given priorities where known; nodes without one come after all of
-    them, in depth-first order from the outputs (computed only if needed).
+    them, in the ``fallback`` order.
     """
     p = _per_node(g, priority, default=np.nan, name="priority", nonnegative=False)
     unknown = np.isnan(p)
     if unknown.any():
         base = np.nanmax(p) + 1 if not unknown.all() else 0.0
-        p[unknown] = base + preorder_from_terminals(g, terminals)[unknown]
+        p[unknown] = base + fallback[unknown]
     return p

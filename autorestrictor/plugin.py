@@ -37,6 +37,7 @@ from time import perf_counter, time
 from typing import Any
 
 import dask.config
+import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
@@ -170,6 +171,14 @@ class AutoRestrictor(SchedulerPlugin):
         """
         tasks = scheduler.tasks
         opted_out = annotations.get("autorestrict", {})
+        try:
+            # The planner keeps groups in the order it is given them. Sorted
+            # keys are chunk order for Dask collections, ("x", 0, 9) before
+            # ("x", 0, 10), so neighbouring chunks land on one worker and a
+            # later graph combining them finds them together.
+            keys = sorted(keys)
+        except TypeError:
+            logger.debug("keys of mixed types: planning in the scheduler's order")
         dependencies: dict = {}
         nbytes: dict = {}
         priority: dict = {}
@@ -206,31 +215,43 @@ class AutoRestrictor(SchedulerPlugin):
         Roots are held for admission (see the module docstring); the first
         ones are released on the next tick of the event loop, once the
         scheduler has moved them to ``no-worker``.
+
+        Allocation is kept low on purpose: every object made here on a
+        scheduler holding millions of them brings the next full garbage
+        collection closer, and that runs on the event loop. Tasks pinned to
+        one worker share one restriction set (distributed only ever replaces
+        ``worker_restrictions``, never mutates it in place).
         """
         tasks = scheduler.tasks
-        done = []
-        by_piece: dict[int, tuple[str, list]] = {}
+        pins = [{addr} for addr in p.workers]
+        hold = {HOLD}
         held = []
+        n_done = 0
         try:
-            for key, w, piece in zip(p.keys, p.worker_of.tolist(), p.piece_of.tolist()):
+            for key, w in zip(p.keys, p.worker_of.tolist()):
                 ts = tasks[key]
-                addr = p.workers[w]
                 if self._admission and not ts.dependencies:
-                    ts.worker_restrictions = {HOLD}
-                    held.append((addr, ts))
+                    ts.worker_restrictions = hold
+                    held.append((w, ts))
                 else:
-                    ts.worker_restrictions = {addr}
+                    ts.worker_restrictions = pins[w]
                 ts.loose_restrictions = False
-                done.append(ts)
-                by_piece.setdefault(piece, (addr, []))[1].append(key)
+                n_done += 1
         except BaseException:
-            for ts in done:
-                ts.worker_restrictions = set()
+            for key in p.keys[:n_done]:
+                tasks[key].worker_restrictions = set()
             raise
-        for addr, ts in held:
-            self._hold(addr, ts)
-        for addr, keys in by_piece.values():
-            self.pieces[addr].append(keys)
+        for w, ts in held:
+            self._hold(p.workers[w], ts)
+        # pieces: runs of keys with one piece number (the plan lists a piece's
+        # keys together, in order)
+        order = np.argsort(p.piece_of, kind="stable")
+        cuts = np.flatnonzero(np.diff(p.piece_of[order])) + 1
+        keys = p.keys
+        for run in np.split(order, cuts):
+            self.pieces[p.workers[p.worker_of[run[0]]]].append(
+                list(map(keys.__getitem__, run.tolist()))
+            )
         self._prune()
         if held:
             self._schedule_release()
@@ -267,6 +288,7 @@ class AutoRestrictor(SchedulerPlugin):
         saturation = self._saturation()
         recs: dict = {}
         tasks = scheduler.tasks
+        hold = {HOLD}
         for addr in list(self.held):
             heap = self.held[addr]
             ws = scheduler.workers.get(addr)
@@ -277,15 +299,16 @@ class AutoRestrictor(SchedulerPlugin):
             else:
                 busy = len(ws.processing) - len(ws.long_running)
                 free = max(math.ceil(saturation * ws.nthreads), 1) - busy
+            pin = {addr}
             while heap and free > 0:
                 _, key = heapq.heappop(heap)
                 if self._held_at.get(key) != addr:
                     continue  # moved to another worker's queue
                 del self._held_at[key]
                 ts = tasks.get(key)
-                if ts is None or ts.worker_restrictions != {HOLD}:
+                if ts is None or ts.worker_restrictions != hold:
                     continue  # cancelled or forgotten meanwhile
-                ts.worker_restrictions = {addr}
+                ts.worker_restrictions = pin
                 if ts.state == "no-worker":
                     recs[key] = "processing"
                     free -= 1
@@ -386,27 +409,21 @@ class AutoRestrictor(SchedulerPlugin):
     def _pending(scheduler, keys: list, addr: str) -> list:
         """The keys of a piece still pinned by us (to ``addr`` or held) and not yet run."""
         tasks = scheduler.tasks
+        mine = ({addr}, {HOLD})
         out = []
         for k in keys:
             ts = tasks.get(k)
-            if (
-                ts is not None
-                and ts.state in _PENDING
-                and ts.worker_restrictions in ({addr}, {HOLD})
-            ):
+            if ts is not None and ts.state in _PENDING and ts.worker_restrictions in mine:
                 out.append(k)
         return out
 
     @staticmethod
     def _unstarted(scheduler, keys: list, addr: str) -> bool:
         tasks = scheduler.tasks
+        mine = ({addr}, {HOLD})
         for k in keys:
             ts = tasks.get(k)
-            if (
-                ts is None
-                or ts.state not in _PENDING
-                or ts.worker_restrictions not in ({addr}, {HOLD})
-            ):
+            if ts is None or ts.state not in _PENDING or ts.worker_restrictions not in mine:
                 return False
             if ts.state == "processing" and ts.dependencies:
                 # Non-root tasks are sent once their inputs exist: the piece has started.
