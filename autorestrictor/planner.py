@@ -552,9 +552,9 @@ def _tree_roots(
 ) -> np.ndarray:
     """For every node, the root reached by always following its heaviest input.
 
-    An input's pull is its size divided by how many tasks share it (at most
-    the number of workers): a result that many tasks read cannot sit next to
-    all of them, so a chunk follows its own data rather than a global mean.
+    An input's pull is its size, discounted when it feeds more tasks than
+    there are workers (see ``_pull``), so a chunk follows its own data
+    rather than a global mean.
     Ties go to the input that runs first. Only heavy edges between members of
     one group count; a node without such an input is a root (its own).
 
@@ -565,8 +565,7 @@ def _tree_roots(
     e = heavy & member[g.src] & member[g.dst] & (comp[g.src] == comp[g.dst])
     src, dst = g.src[e], g.dst[e]
     if len(src):
-        fanout = np.minimum(g.outdegree(), n_workers).clip(min=1)
-        pull = size[src] / fanout[src]
+        pull = _pull(g, src, size, n_workers)
         order = np.lexsort((rank[src], -pull, dst))
         firsts = order[np.r_[True, dst[order][1:] != dst[order][:-1]]]
         parent[dst[firsts]] = src[firsts]
@@ -575,6 +574,17 @@ def _tree_roots(
         if np.array_equal(nxt, parent):
             return parent
         parent = nxt
+
+
+def _pull(g: Graph, src: np.ndarray, size: np.ndarray, n_workers: int) -> np.ndarray:
+    """How strongly each input draws its consumer to its worker.
+
+    Its size, unless it feeds more than twice as many tasks as there are
+    workers: such a result (a global mean, a coordinate array) ends up on
+    every worker whatever the plan, so its pull shrinks with its fan-out.
+    """
+    fanout = g.outdegree()[src].clip(min=1)
+    return size[src] * np.minimum(1.0, 2.0 * n_workers / fanout)
 
 
 def _follow_majority(
@@ -602,7 +612,7 @@ def _follow_majority(
     src, dst = g.src[e], g.dst[e]
     if len(src) == 0:
         return
-    pull = size[src] / np.minimum(g.outdegree(), n_workers).clip(min=1)[src]
+    pull = _pull(g, src, size, n_workers)
     for _ in range(rounds):
         b = bucket[src]
         low = int(b.min())

@@ -347,3 +347,35 @@ def test_split_group_whose_roots_are_all_in_memory():
     assert p.applied
     for i in range(64):
         assert p.assignment[f"a{i}"] == f"w{i // 16}"
+
+
+def test_global_statistics_do_not_pull_chunks_without_sizes():
+    r"""
+    Sizes unknown (a graph's first run). Each output reads its chunk and two
+    global statistics:
+
+        x0 .. x39 ──► m0 .. m39 ──► tree ──► mean ─┐
+          │                                         ├──► y_i = f(x_i, mean, var)
+          └───────► v0 .. v39 ──► tree ──► var ──-─┘
+
+    The statistics feed every chunk, so they are on every worker anyway:
+    y_i must run with x_i, not be drawn to where mean and var were made.
+    """
+    n = 40
+    deps = {}
+    for i in range(n):
+        deps[f"x{i}"] = []
+        deps[f"m{i}"] = [f"x{i}"]
+        deps[f"v{i}"] = [f"x{i}"]
+    for s in "mv":
+        deps[f"{s}-p{0}"] = [f"{s}{i}" for i in range(0, 20)]
+        deps[f"{s}-p{1}"] = [f"{s}{i}" for i in range(20, 40)]
+        deps[f"{s}-all"] = [f"{s}-p0", f"{s}-p1"]
+    for i in range(n):
+        deps[f"y{i}"] = [f"x{i}", "m-all", "v-all"]
+    p = plan(deps, W4, min_tasks=1)
+    check_plan(p, deps, W4)
+    assert p.applied, p.reason
+    for i in range(n):
+        assert p.assignment[f"y{i}"] == p.assignment[f"x{i}"]
+    assert max(p.load.values()) <= 1.35 * p.n_pinned / 4
