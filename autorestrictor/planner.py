@@ -602,9 +602,11 @@ def _follow_majority(
 
     Following one input (``_tree_roots``) is right inside a piece; at a seam
     a task reading three inputs from one piece and one from the next should
-    not follow the one. Each round looks one level further up; two rounds
-    settle a reduction's first two levels and a halo's overlap step. Ties
-    keep the current piece. Updates ``bucket`` in place.
+    not follow the one. A task moves only to a piece that holds more than
+    half of its inputs (weighted by pull): with sizes unknown a plurality is
+    a guess, and a wrong guess moves a whole chunk. Each round looks one
+    level further up; two rounds settle a reduction's first two levels and a
+    halo's overlap step. Updates ``bucket`` in place.
 
     Complexity: O(edges log edges) per round (one sort).
     """
@@ -622,9 +624,11 @@ def _follow_majority(
         sums = np.bincount(inv, weights=pull)
         owner = uniq // span
         candidate = uniq % span + low
-        keep = candidate == bucket[owner]  # ties go to the current piece
-        best = np.lexsort((~keep, -sums, owner))
+        total = np.bincount(owner, weights=sums)
+        best = np.lexsort((-sums, owner))
         first = best[np.r_[True, owner[best][1:] != owner[best][:-1]]]
+        # move only to a piece holding more than half of the task's inputs
+        first = first[sums[first] > total[owner[first]] / 2]
         new = candidate[first]
         if np.array_equal(bucket[owner[first]], new):
             return
