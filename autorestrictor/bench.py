@@ -507,11 +507,13 @@ def _median(values: list) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _ratio(value: float | None, base: float | None) -> str:
+def _ratio(value: float | None, base: float | None, floor: float = 0.0) -> str:
+    """``value / base``; "-" when either is missing or the base is at most
+    ``floor`` (a ratio to next to nothing says nothing)."""
     if value is None or base is None:
         return "-"
-    if base == 0:
-        return "1.00x" if value == 0 else "inf"
+    if base <= floor:
+        return "1.00x" if value == base else "-"
     return f"{value / base:.2f}x"
 
 
@@ -557,7 +559,7 @@ def format_table(rows: Sequence[dict]) -> str:
             f"{peak / 1e6:.0f}",
             "-" if share is None else f"{share:.2f}",
             f"{1e3 * med(workload, mode, 'plan_s'):.1f}",
-            _ratio(moved, med(workload, "default", "bytes_moved")),
+            _ratio(moved, med(workload, "default", "bytes_moved"), floor=1e6),
             _ratio(wall, med(workload, "default", "wall_s")),
             _ratio(peak, med(workload, "default", "peak_memory_bytes")),
         ])

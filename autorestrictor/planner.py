@@ -267,8 +267,11 @@ def plan(
         worker_of[all_to_all] = -1
     pinned = np.flatnonzero(worker_of >= 0)
     predicted = predicted_transfer(g, worker_of, located, size)
+    if len(pinned) < max(1, opts.min_tasks) and notes:
+        # What is left after the all-to-all groups is not worth pinning.
+        return step_back("; ".join(notes))
     if len(pinned) == 0:
-        return step_back("; ".join(notes) or "no task could be pinned")
+        return step_back("no task could be pinned")
     moved_by_plan = predicted / max(1.0, float(size[~terminals].sum()))
     if moved_by_plan > opts.max_cut_fraction:
         return step_back(
