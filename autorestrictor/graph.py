@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
@@ -41,14 +42,12 @@ class Graph:
     def n(self) -> int:
         return len(self.keys)
 
-    @property
-    def n_edges(self) -> int:
-        return len(self.src)
-
+    @cached_property
     def indegree(self) -> np.ndarray:
         """Number of dependencies of each node. O(edges)."""
         return np.bincount(self.dst, minlength=self.n)
 
+    @cached_property
     def outdegree(self) -> np.ndarray:
         """Number of dependents of each node. O(edges)."""
         return np.bincount(self.src, minlength=self.n)

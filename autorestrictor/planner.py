@@ -296,12 +296,12 @@ def plan(
 
 def find_roots(g: Graph) -> np.ndarray:
     """Step 1. Mask of nodes with no dependencies. O(edges)."""
-    return g.indegree() == 0
+    return g.indegree == 0
 
 
 def find_terminals(g: Graph) -> np.ndarray:
     """Step 2. Mask of nodes no other node depends on. O(edges)."""
-    return g.outdegree() == 0
+    return g.outdegree == 0
 
 
 def partition_layer(depth: np.ndarray, roots: np.ndarray, target: int) -> tuple[int, int]:
@@ -586,7 +586,7 @@ def _pull(g: Graph, src: np.ndarray, size: np.ndarray, n_workers: int) -> np.nda
     workers: such a result (a global mean, a coordinate array) ends up on
     every worker whatever the plan, so its pull shrinks with its fan-out.
     """
-    fanout = g.outdegree()[src].clip(min=1)
+    fanout = g.outdegree[src].clip(min=1)
     return size[src] * np.minimum(1.0, 2.0 * n_workers / fanout)
 
 
