@@ -155,28 +155,39 @@ def distance_to_terminals(g: Graph, terminals: np.ndarray) -> np.ndarray:
     return depth
 
 
-def preorder_from_terminals(g: Graph, terminals: np.ndarray) -> np.ndarray:
-    """A rank for every node: depth-first from the terminals into their inputs.
+def structural_rank(g: Graph, depth: np.ndarray) -> np.ndarray:
+    """A rank for every node that keeps neighbours in the graph together.
 
-    Used as the locality order when no dask.order priority is given: in a
-    depth-first walk each subtree is visited contiguously, so cutting this
-    order into runs cuts few edges. Depends only on the graph's structure and
-    the order of its keys, never on key names.
+    Every task follows its first input (in the order the keys were given)
+    down to a root; tasks are ranked by that root's position, then from the
+    bottom up (largest distance to a terminal first). Each root's chunk of
+    work, and a reduction's partial results next to their first leaf, come
+    out contiguous, in the order of the input: chunk order for Dask
+    collections. Used to order independent groups, and as the run order
+    when no dask.order priority is given. Depends on the graph's structure
+    and key order only, never on key names.
 
-    Complexity: O(tasks + edges) (scipy's depth-first search).
+    (A depth-first preorder would serve too, but scipy's
+    ``depth_first_order`` rescans a node's neighbours on every return to it:
+    quadratic in the fan-out of a node, and a graph of 500,000 outputs took
+    a minute.)
+
+    Complexity: O(edges) to pick first inputs, O(tasks log depth) pointer
+    jumping, one O(tasks log tasks) sort in C.
     """
-    n = g.n
-    super_node = n
-    t = np.flatnonzero(terminals)
-    rows = np.concatenate([g.dst, np.full(len(t), super_node, dtype=np.int64)])
-    cols = np.concatenate([g.src, t])
-    order = csgraph.depth_first_order(
-        adjacency(n + 1, rows, cols), super_node, directed=True,
-        return_predecessors=False,
-    )
-    rank = np.full(n + 1, n + 1, dtype=np.int64)  # unreached nodes sort last
-    rank[order] = np.arange(len(order))
-    rank = rank[:n]
-    unreached = rank > n
-    rank[unreached] = len(order) + np.arange(int(unreached.sum()))
+    first = np.arange(g.n, dtype=np.int64)
+    if g.n and len(g.src):
+        big = np.iinfo(np.int64).max
+        lowest = np.full(g.n, big, dtype=np.int64)
+        np.minimum.at(lowest, g.dst, g.src)
+        has = lowest != big
+        first[has] = lowest[has]
+    while True:
+        nxt = first[first]
+        if np.array_equal(nxt, first):
+            break
+        first = nxt
+    order = np.lexsort((-depth, first))
+    rank = np.empty(g.n, dtype=np.int64)
+    rank[order] = np.arange(g.n)
     return rank

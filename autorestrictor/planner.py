@@ -43,7 +43,7 @@ from autorestrictor.graph import (
     adjacency,
     build_graph,
     distance_to_terminals,
-    preorder_from_terminals,
+    structural_rank,
 )
 
 logger = logging.getLogger("autorestrictor")
@@ -233,12 +233,12 @@ def plan(
     # Steps 1 and 2.
     roots = find_roots(g)
     terminals = find_terminals(g)
-    structural = preorder_from_terminals(g, terminals)
+    depth = distance_to_terminals(g, terminals)
+    structural = structural_rank(g, depth)
     rank = _ranks(g, priority, structural)
 
     # Step 3.
     target = max(2, int(np.ceil(opts.partition_factor * threads.sum())))
-    depth = distance_to_terminals(g, terminals)
     layer_depth, width = partition_layer(depth, roots, target)
     if width < 2:
         return step_back(
@@ -364,8 +364,8 @@ def assign(
     """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
 
     a. Lay the pinnable nodes out in order: groups in the graph's own
-       order (depth-first from the outputs, taken in the order the keys were
-       given), and within a group by priority. dask.order breaks ties
+       order (``structural_rank``: the order the keys were given), and
+       within a group by priority. dask.order breaks ties
        between independent groups by key name, which scatters neighbouring
        chunks; the graph's order keeps them together, so that a later graph
        combining neighbours finds them on one worker.
