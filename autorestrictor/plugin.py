@@ -176,7 +176,7 @@ class AutoRestrictor(SchedulerPlugin):
             # keys are chunk order for Dask collections, ("x", 0, 9) before
             # ("x", 0, 10), so neighbouring chunks land on one worker and a
             # later graph combining them finds them together.
-            keys = sorted(keys)
+            keys = sorted(keys, key=_by_type_then_value)
         except TypeError:
             logger.debug("keys of mixed types: planning in the scheduler's order")
         dependencies: dict = {}
@@ -518,6 +518,11 @@ class AutoRestrictor(SchedulerPlugin):
         else:
             logger.log(level, "left a graph of %s task(s) to Dask: %s",
                        record.get("n_tasks"), record["reason"], exc_info=exc_info)
+
+
+def _by_type_then_value(key):
+    # Dask graphs mix tuple keys (chunks) with a few string keys (finalize).
+    return type(key).__name__, key
 
 
 def _free(ts, opted_out: dict) -> bool:
