@@ -218,13 +218,20 @@ def slow_block(x, ev):
     return x
 
 
-@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
-async def test_worker_leaving_never_strands_pinned_tasks(c, s, a, b, w3):
+async def blocked_reduction(c, s, n_chunks):
+    """Install the plugin and start a pinned reduction whose chunks wait for
+    an Event. Returns ``(event, future)`` once the plan is applied."""
     await c.register_plugin(AutoRestrictor())
     ev = Event()
-    x = da.ones((100, 30), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    x = da.ones((100, n_chunks), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
     fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: any(pinned(s).values()), timeout=5)
+    await async_poll_for(lambda: s.plugins["autorestrictor"].pieces, timeout=5)
+    return ev, fut
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
+async def test_worker_leaving_never_strands_pinned_tasks(c, s, a, b, w3):
+    ev, fut = await blocked_reduction(c, s, 30)
     victim = max(pinned(s), key=pinned(s).get)
     await s.remove_worker(victim, stimulus_id="test-kill")
     assert not pinned(s).get(victim)
@@ -235,11 +242,7 @@ async def test_worker_leaving_never_strands_pinned_tasks(c, s, a, b, w3):
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_new_worker_takes_unstarted_pieces(c, s, a, b):
-    await c.register_plugin(AutoRestrictor())
-    ev = Event()
-    x = da.ones((100, 60), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: sum(pinned(s).values()) > 0, timeout=5)
+    ev, fut = await blocked_reduction(c, s, 60)
     remaining = sum(ts.state != "memory" for ts in s.tasks.values())
     async with Worker(s.address, nthreads=1) as new:
         await async_poll_for(lambda: pinned(s).get(new.address, 0) > 0, timeout=5)
@@ -380,12 +383,8 @@ async def test_graph_sharing_keys_with_one_in_flight(c, s, a, b):
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_cancel_releases_held_and_pinned_tasks(c, s, a, b):
-    await c.register_plugin(AutoRestrictor())
+    ev, fut = await blocked_reduction(c, s, 40)
     p = s.plugins["autorestrictor"]
-    ev = Event()
-    x = da.ones((100, 40), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: p.pieces, timeout=5)
     await c.cancel(fut)
     await ev.set()
     await async_poll_for(lambda: not s.tasks, timeout=10)
@@ -460,11 +459,8 @@ async def test_p2p_shuffle_is_left_to_p2p(c, s, *workers):
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_admission_holds_roots_until_threads_free_up(c, s, a, b):
-    await c.register_plugin(AutoRestrictor())
+    ev, fut = await blocked_reduction(c, s, 40)
     p = s.plugins["autorestrictor"]
-    ev = Event()
-    x = da.ones((100, 40), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
     await async_poll_for(lambda: a.state.executing_count and b.state.executing_count, timeout=5)
     # like Dask's queue: at most ceil(1.1 x 1 thread) = 2 tasks sent per worker
     assert all(len(ws.processing) <= 2 for ws in s.workers.values())
@@ -486,12 +482,8 @@ async def test_admission_off_without_queuing(c, s, a, b):
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_losing_every_worker_unpins(c, s, a, b):
-    await c.register_plugin(AutoRestrictor())
+    ev, fut = await blocked_reduction(c, s, 20)
     p = s.plugins["autorestrictor"]
-    ev = Event()
-    x = da.ones((100, 20), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: p.pieces, timeout=5)
     await s.remove_worker(a.address, stimulus_id="test")
     await s.remove_worker(b.address, stimulus_id="test")
     assert not p.pieces and not p._held_at
@@ -504,10 +496,7 @@ async def test_losing_every_worker_unpins(c, s, a, b):
 @gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
 async def test_retire_worker_mid_computation(c, s, a, b, w3):
     """retire_workers (adaptive scale-down): pins move before the worker goes."""
-    await c.register_plugin(AutoRestrictor())
-    ev = Event()
-    x = da.ones((100, 30), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
+    ev, fut = await blocked_reduction(c, s, 30)
     await async_poll_for(lambda: len(pinned(s)) == 3, timeout=5)
     victim = max(pinned(s), key=pinned(s).get)
     # retire while the victim's pinned work is still blocked
