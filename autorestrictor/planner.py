@@ -365,18 +365,20 @@ def assign(
 
     a. Lay the pinnable nodes out in order: groups in the graph's own
        order (``structural_rank``: the order the keys were given), and
-       within a group by priority. dask.order breaks ties
-       between independent groups by key name, which scatters neighbouring
-       chunks; the graph's order keeps them together, so that a later graph
+       within a group by priority. dask.order breaks ties between
+       independent groups by key name, which scatters neighbouring chunks;
+       the graph's order keeps them together, so that a later graph
        combining neighbours finds them on one worker.
     b. Split each group heavier than ``(1 + balance-tolerance)`` worker
        shares, or reading data in memory on several workers, and with more
-       than one task side by side, into share-sized pieces: every task follows its heaviest input down to a root, and the
-       group's roots, in priority order, are cut into runs weighted by the
-       tasks that follow them (contiguous runs of priority tend to be
-       neighbours, so halos and tree reductions get few seams, and a chunk's
-       later steps stay with the chunk even when a global statistic sits in
-       between). A chain is never split: it runs one task after another.
+       than one task side by side, into share-sized pieces. Every task
+       follows its heaviest input down to a root, the group's roots are cut
+       in priority order into runs weighted by the tasks that follow them,
+       and at the seams a task moves to the piece holding most of its inputs
+       (contiguous runs of priority tend to be neighbours, so halos and tree
+       reductions get few seams, and a chunk's later steps stay with the
+       chunk even when a global statistic sits in between). A chain is never
+       split: it runs one task after another.
     c. A piece that reads data already placed (in memory) goes where most of
        that data is.
     d. The other pieces are dealt out in order, in contiguous runs, each
@@ -397,7 +399,7 @@ def assign(
     if len(nodes) == 0:
         return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
 
-    # a. Order: groups by their first task, then tasks by priority.
+    # a. Order: groups in the graph's order, then tasks by priority.
     c = comp[nodes]
     first = np.full(comp.max() + 1, np.inf)
     np.minimum.at(first, c, structural[nodes])
