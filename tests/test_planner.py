@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import random
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import autorestrictor
 from autorestrictor import plan
 from autorestrictor.graph import build_graph, distance_to_terminals
 from strategies import clusters, dags, independent_subgraphs, random_dag

@@ -391,6 +391,8 @@ async def test_cancel_releases_held_and_pinned_tasks(c, s, a, b):
     # nothing is stranded and the next graph runs normally
     assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
     assert not s.unrunnable
+    # the cancelled roots' places in the admission queues are given up
+    await async_poll_for(lambda: not p._held_at and not p.held, timeout=5)
 
 
 def _fail_on_chunk_3(block, block_info=None):
