@@ -110,6 +110,9 @@ class AutoRestrictor(SchedulerPlugin):
         if self._admission and math.isinf(self._saturation()):
             self._admission = False
             logger.info("admission off: worker-saturation is inf (queuing disabled)")
+        previous = scheduler.periodic_callbacks.get("autorestrictor-release")
+        if previous is not None:  # a plugin registered again replaces the old one
+            previous.stop()
         pc = PeriodicCallback(self._release_all, 500)
         scheduler.periodic_callbacks["autorestrictor-release"] = pc
         if getattr(scheduler, "status", None) is not None and scheduler.status.name == "running":

@@ -507,3 +507,14 @@ async def test_retire_worker_mid_computation(c, s, a, b, w3):
     await ev.set()
     np.testing.assert_array_equal(await fut, np.full(100, 30.0))
     assert victim not in s.workers and not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_registering_again_replaces_the_plugin(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    first = s.periodic_callbacks["autorestrictor-release"]
+    await c.register_plugin(AutoRestrictor(balance_tolerance=0.1))
+    assert s.plugins["autorestrictor"].options.balance_tolerance == 0.1
+    assert not first.is_running()
+    assert s.periodic_callbacks["autorestrictor-release"].is_running()
+    assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
