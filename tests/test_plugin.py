@@ -513,7 +513,8 @@ async def test_retire_worker_mid_computation(c, s, a, b, w3):
 async def test_registering_again_replaces_the_plugin(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
     first = s.periodic_callbacks["autorestrictor-release"]
-    await c.register_plugin(AutoRestrictor(balance_tolerance=0.1))
+    with pytest.warns(UserWarning, match="overwriting"):
+        await c.register_plugin(AutoRestrictor(balance_tolerance=0.1))
     assert s.plugins["autorestrictor"].options.balance_tolerance == 0.1
     assert not first.is_running()
     assert s.periodic_callbacks["autorestrictor-release"].is_running()
