@@ -114,14 +114,12 @@ class Plan:
     @cached_property
     def assignment(self) -> dict[Key, str]:
         """``key -> worker address`` for every pinned key; others are absent."""
-        addrs = [self.workers[i] for i in range(len(self.workers))]
-        return dict(zip(self.keys, map(addrs.__getitem__, self.worker_of.tolist())))
+        return dict(zip(self.keys, map(self.workers.__getitem__, self.worker_of.tolist())))
 
     @cached_property
     def load(self) -> dict[str, float]:
         """Pinned work (task count, or the given costs) per worker address."""
-        cost = self.cost_of if self.cost_of is not None else None
-        per = np.bincount(self.worker_of, weights=cost, minlength=len(self.workers))
+        per = np.bincount(self.worker_of, weights=self.cost_of, minlength=len(self.workers))
         return {w: float(x) for w, x in zip(self.workers, per)}
 
     def summary(self) -> dict[str, Any]:

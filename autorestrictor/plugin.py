@@ -29,6 +29,7 @@ check releases them even if no transition prompts it.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import math
@@ -209,7 +210,7 @@ class AutoRestrictor(SchedulerPlugin):
         workers = {ws.address: ws.nthreads for ws in scheduler.running}
         return plan(
             dependencies, workers, nbytes=nbytes, priority=priority,
-            who_has=who_has, skip=skip, **_planner_options(self.options),
+            who_has=who_has, skip=skip, **dataclasses.asdict(self.options),
         )
 
     def _apply(self, scheduler, p: Plan) -> None:
@@ -246,6 +247,10 @@ class AutoRestrictor(SchedulerPlugin):
             raise
         for w, ts in held:
             self._hold(p.workers[w], ts)
+        # Forget finished pieces before adding this plan's, which are all
+        # pending: pruning them too would walk the new graph a second time on
+        # the event loop.
+        self._prune()
         # pieces: runs of keys with one piece number (the plan lists a piece's
         # keys together, in order)
         order = np.argsort(p.piece_of, kind="stable")
@@ -255,7 +260,6 @@ class AutoRestrictor(SchedulerPlugin):
             self.pieces[p.workers[p.worker_of[run[0]]]].append(
                 list(map(keys.__getitem__, run.tolist()))
             )
-        self._prune()
         if held:
             self._schedule_release()
 
@@ -552,13 +556,3 @@ def _where(ts) -> list[str] | None:
         (addr,) = ts.worker_restrictions
         return None if addr == HOLD else [addr]
     return None
-
-
-def _planner_options(options: Options) -> dict:
-    return {
-        "min_tasks": options.min_tasks,
-        "partition_factor": options.partition_factor,
-        "light_edge_fraction": options.light_edge_fraction,
-        "balance_tolerance": options.balance_tolerance,
-        "max_cut_fraction": options.max_cut_fraction,
-    }
