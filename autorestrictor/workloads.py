@@ -12,7 +12,7 @@ few workloads with genuinely fractional results (``anom-mean``, ``hub``) rely
 on :func:`checksum` rounding to a fixed number of significant digits.
 
 Workers have to be able to import this module: the functions used inside
-graphs (``_smooth``, ``_make_frame``, ...) are pickled by reference.
+graphs (``_window_sum``, ``_make_frame``, ...) are pickled by reference.
 """
 
 from __future__ import annotations
@@ -74,10 +74,13 @@ def _ints(rng, shape, chunks, high=10):
     return rng.integers(0, high, size=shape, chunks=chunks).astype("f8")
 
 
-def _smooth(block: np.ndarray) -> np.ndarray:
-    """Three-point running sum along axis 0 (edges left as they are)."""
+def _window_sum(block: np.ndarray, width: int) -> np.ndarray:
+    """Sum over ``2 * width + 1`` rows centred on each row (edge rows left as they are)."""
     out = block.copy()
-    out[1:-1] = block[:-2] + block[1:-1] + block[2:]
+    if block.shape[0] > 2 * width:
+        c = np.cumsum(block, axis=0)
+        c = np.concatenate([np.zeros_like(c[:1]), c])
+        out[width:-width] = c[2 * width + 1:] - c[: -2 * width - 1]
     return out
 
 
@@ -171,10 +174,17 @@ def matmul(scale: float, client=None) -> list:
 
 
 def map_overlap(scale: float, client=None) -> list:
-    """Three-point smoothing with depth-1 halos along the chunked axis, then ``sum``."""
-    rows = _scaled(5_000, scale)
-    x = _ints(da.random.default_rng(SEED), (100 * rows, 100), (rows, 100))
-    y = x.map_overlap(_smooth, depth={0: 1, 1: 0}, boundary="none", dtype="f8")
+    """Moving sums over 201 rows, halos of 100 rows along the chunked axis, then ``sum``.
+
+    Each chunk needs a 100-row slice from each neighbour (10% of a chunk),
+    so the bytes moved depend on how many neighbours share a worker.
+    """
+    rows = _scaled(1_000, scale)
+    depth = max(1, rows // 10)
+    x = _ints(da.random.default_rng(SEED), (100 * rows, 2_000), (rows, 2_000))
+    y = x.map_overlap(
+        _window_sum, depth={0: depth, 1: 0}, boundary="none", dtype="f8", width=depth
+    )
     return [y.sum()]
 
 
@@ -270,7 +280,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("double-diff", "(a[1:, 1:] - b[:-1, :-1]).sum()", double_diff),
         Workload("rechunk-swap", "rows -> columns task rechunk, sum(axis=1)", rechunk_swap),
         Workload("matmul", "(x @ x.T).sum()", matmul),
-        Workload("map-overlap", "depth-1 halo smoothing, sum", map_overlap),
+        Workload("map-overlap", "moving sums with 100-row halos, sum", map_overlap),
         Workload("hub", "standardise by global mean/std, sum(axis=1)", hub),
         Workload("persisted", "persist, then (x + 1).sum(axis=1)", persisted),
         Workload("dataframe-shuffle", "P2P shuffle on id, per-partition groupby",

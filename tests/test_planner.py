@@ -300,6 +300,34 @@ def test_independent_subgraphs_land_whole_and_balanced(seed, n_workers, per_work
     assert max(per.values()) <= (1 + 0.3) * len(deps) / n_workers + size
 
 
+def test_seams_fall_on_round_chunk_numbers():
+    """100 chunks kept on 4 workers: seams at 24, 48, 72 rather than 25, 50, 75.
+
+    A later 4-ary tree reduction over the kept chunks (blocks 0-3, 4-7, ...,
+    then 0-15, ...) then has no mixed block of 4 and fewer mixed blocks of 16.
+    """
+    deps = {("x", i): [] for i in range(100)}
+    deps.update({("y", i): [("x", i)] for i in range(100)})
+
+    def seams_and_mixed(p):
+        where = [p.assignment[("x", i)] for i in range(100)]
+        seams = [i for i in range(1, 100) if where[i] != where[i - 1]]
+        mixed = {
+            block: sum(len(set(where[j:j + block])) > 1 for j in range(0, 100, block))
+            for block in (4, 16)
+        }
+        return seams, mixed, Counter(where)
+
+    seams, mixed, per = seams_and_mixed(plan(deps, W4, min_tasks=1))
+    assert seams == [24, 48, 72]
+    assert mixed == {4: 0, 16: 2}
+    assert max(per.values()) <= (1 + 0.3) * 25
+    # With no tolerance the deal is even, and every seam cuts blocks.
+    seams, mixed, per = seams_and_mixed(plan(deps, W4, min_tasks=1, balance_tolerance=0))
+    assert seams == [25, 50, 75]
+    assert mixed == {4: 3, 16: 3} and set(per.values()) == {25}
+
+
 @settings(max_examples=60, deadline=None)
 @given(dags(min_size=20), clusters())
 def test_plan_depends_on_structure_not_names(deps, workers):
