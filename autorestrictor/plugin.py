@@ -246,7 +246,7 @@ class AutoRestrictor(SchedulerPlugin):
                 tasks[key].worker_restrictions = set()
             raise
         for w, ts in held:
-            self._hold(p.workers[w], ts, backward=w % 2 == 1)
+            self._hold(p.workers[w], ts)
         # Forget finished pieces before adding this plan's, which are all
         # pending: pruning them too would walk the new graph a second time on
         # the event loop.
@@ -265,21 +265,9 @@ class AutoRestrictor(SchedulerPlugin):
 
     # -- admission -----------------------------------------------------------
 
-    def _hold(self, addr: str, ts, backward: bool = False) -> None:
-        """Queue a held root for ``addr``; a later queue for the same key wins.
-
-        ``backward`` releases this graph's roots in reverse priority order.
-        The plan deals workers contiguous runs of the graph, so the seam
-        between two runs is at the end of one and the start of the next; run
-        forward on both sides, the seam's first half is computed at once and
-        waits in memory until the other worker reaches it, at its very end.
-        Workers 1, 3, ... running backward meet their neighbours at every
-        seam at the same time (a boustrophedon).
-        """
-        prio = ts.priority
-        if backward:
-            prio = (*prio[:-1], -prio[-1])
-        heapq.heappush(self.held[addr], (prio, ts.key))
+    def _hold(self, addr: str, ts) -> None:
+        """Queue a held root for ``addr``; a later queue for the same key wins."""
+        heapq.heappush(self.held[addr], (ts.priority, ts.key))
         self._held_at[ts.key] = addr
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
