@@ -270,7 +270,7 @@ def plan(
         return step_back("; ".join(notes))
     if len(pinned) == 0:
         return step_back("no task could be pinned")
-    moved_by_plan = predicted / max(1.0, float(size[~terminals].sum()))
+    moved_by_plan = _crossing_fraction(g, worker_of, located, size)
     if moved_by_plan > opts.max_cut_fraction:
         return step_back(
             f"best plan still moves {moved_by_plan:.0%} of the graph's bytes "
@@ -605,8 +605,16 @@ def _tree_roots(
     if len(src):
         pull = _pull(g, src, size, n_workers)
         order = np.lexsort((rank[src], -pull, dst))
-        firsts = order[np.r_[True, dst[order][1:] != dst[order][:-1]]]
-        parent[dst[firsts]] = src[firsts]
+        d, p = dst[order], pull[order]
+        starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+        # Ties (sizes unknown, or equal) are spread, task number modulo the
+        # number of tied inputs: always taking the first would hang every
+        # task that reads one piece of each of several chunks (the second
+        # stage of a rechunk) on one tree, too heavy to balance.
+        top = np.repeat(p[starts], np.diff(np.r_[starts, len(d)]))
+        tied = np.add.reduceat((p == top).astype(np.int64), starts)
+        pick = starts + d[starts] % tied
+        parent[d[pick]] = src[order[pick]]
     while True:
         nxt = parent[parent]
         if np.array_equal(nxt, parent):
@@ -691,6 +699,21 @@ def _wide(c: np.ndarray, depth: np.ndarray, n_comp: int) -> np.ndarray:
     np.minimum.at(lo, c, depth)
     np.maximum.at(hi, c, depth)
     return np.bincount(c, minlength=n_comp) > hi - lo + 1
+
+
+def _crossing_fraction(
+    g: Graph, worker_of: np.ndarray, located: np.ndarray, size: np.ndarray
+) -> float:
+    """Share of the bytes on edges between placed tasks that cross workers.
+
+    Edges are weighted by their input's size, the measure the all-to-all
+    test of ``assign`` uses for one group. O(edges).
+    """
+    where = np.where(worker_of >= 0, worker_of, located)
+    s, d = where[g.src], where[g.dst]
+    both = (s >= 0) & (d >= 0)
+    b = size[g.src[both]]
+    return float((b * (s[both] != d[both])).sum() / max(float(b.sum()), 1e-300))
 
 
 def predicted_transfer(

@@ -160,6 +160,41 @@ def test_all_to_all_is_left_to_dask(rename):
     assert "all-to-all" in p.reason or "no partition helps" in p.reason
 
 
+def test_two_stage_rechunk_is_split_by_intermediate(rename):
+    r"""
+    Dask's task rechunk from rows to columns, in two stages:
+
+        in0..in3   in4..in7   in8..in11  in12..in15
+            \ | /      \ | /      ...
+            mid0       mid1       mid2       mid3
+           / | \      / | \      ...               (split k of mid i)
+        out0 out1 ... out15    each out_k reads split k of every mid
+
+    Every output reads one slice of each intermediate, so the second stage
+    moves 3 slices in 4 whatever happens; the first stage moves nothing if
+    each intermediate runs where its inputs are. The plan does that, and
+    does not pile all outputs onto the first intermediate's worker.
+    """
+    deps = {f"in{i}": [] for i in range(16)}
+    for m in range(4):
+        deps[f"mid{m}"] = [f"in{4 * m + i}" for i in range(4)]
+        for k in range(16):
+            deps[f"split{m}-{k}"] = [f"mid{m}"]
+    for k in range(16):
+        deps[f"out{k}"] = [f"split{m}-{k}" for m in range(4)]
+    deps, _, f = rename(deps)
+    p = plan(deps, W4, min_tasks=1)
+    check_plan(p, deps, W4)
+    assert p.applied, p.reason
+    where = p.assignment
+    for m in range(4):
+        stage1 = [f"mid{m}"] + [f"in{4 * m + i}" for i in range(4)]
+        stage1 += [f"split{m}-{k}" for k in range(16)]
+        assert len({where[f(k)] for k in stage1}) == 1
+    assert len({where[f(f"mid{m}")] for m in range(4)}) == 4
+    assert max(Counter(where[f(f"out{k}")] for k in range(16)).values()) <= 5
+
+
 def test_consumers_follow_data_in_memory(rename):
     r"""
     x0..x7 already in memory (x_i on worker i % 2); new tasks y_i = f(x_i).
