@@ -487,14 +487,24 @@ def assign(
         frac = np.bincount(ec, weights=b * crossing, minlength=len(split)) / np.maximum(
             np.bincount(ec, weights=b, minlength=len(split)), 1e-300
         )
-        bad = split & ((frac > opts.max_cut_fraction) | lopsided)
+        cut = split & (frac > opts.max_cut_fraction)
+        lopsided &= ~cut
+        bad = cut | lopsided
         if bad.any():
             drop = bad[comp] & (worker_of >= 0)
+            why = []
+            if cut.any():
+                why.append(
+                    f"{int(cut.sum())} all-to-all (a balanced split moves up to "
+                    f"{float(frac[cut].max()):.0%} of what their tasks read; "
+                    f"max-cut-fraction={opts.max_cut_fraction})"
+                )
+            if lopsided.any():
+                why.append(f"{int(lopsided.sum())} that no split balances (one root drags "
+                           f"most of the group with it)")
             note = (
                 f"{int(bad.sum())} group(s) of {int(drop.sum())} tasks left to Dask: "
-                f"no balanced split keeps their data local (moves up to "
-                f"{float(frac[bad].max()):.0%} of their bytes; max-cut-fraction="
-                f"{opts.max_cut_fraction}; all-to-all)"
+                + "; ".join(why)
             )
             return worker_of, piece_of, drop, note
     return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
