@@ -358,6 +358,7 @@ def assign(
     heavy: np.ndarray,
     threads: np.ndarray,
     opts: Options,
+    spread: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
 
@@ -382,7 +383,11 @@ def assign(
     d. The other pieces are dealt out in order, in contiguous runs, each
        worker receiving its share of what is left weighted by its threads.
     e. A split group whose seams would carry more than ``max-cut-fraction``
-       of its internal bytes is an all-to-all, to be left to Dask.
+       of its internal bytes is an all-to-all, to be left to Dask. A split
+       group whose pieces could not be balanced (one root drags most of the
+       group with it) is tried once more with ties between inputs spread
+       (``spread``, see ``_tree_roots``), and left to Dask if still
+       lopsided.
 
     Returns ``(worker per node, piece per node, mask of all-to-all nodes,
     a note saying why they are left to Dask or None)``.
@@ -425,7 +430,9 @@ def assign(
     if split.any():
         member = np.zeros(g.n, dtype=bool)
         member[nodes] = True
-        anchor = _tree_roots(g, member | (located >= 0), comp, heavy, size, rank, n_workers)
+        anchor = _tree_roots(
+            g, member | (located >= 0), comp, heavy, size, rank, n_workers, spread
+        )
         tree_load = np.bincount(anchor[nodes], weights=w, minlength=g.n)
         in_split = split[c]
         is_root = in_split & (anchor[nodes] == nodes)
@@ -479,6 +486,12 @@ def assign(
         big = piece_load > (1 + opts.balance_tolerance) * piece_size * threads.max() / threads.mean()
         lopsided[c[boundary][big]] = True
         lopsided &= split
+        if lopsided.any() and not spread:
+            # Try once more with ties between inputs spread (see _tree_roots).
+            return assign(
+                g, comp, pinnable, rank, structural, depth, cost, size, located, heavy,
+                threads, opts, spread=True,
+            )
         inner = (comp[g.src] == comp[g.dst]) & (worker_of[g.src] >= 0) & (worker_of[g.dst] >= 0)
         inner &= split[np.minimum(comp[g.src], len(split) - 1)]
         ec = comp[g.src[inner]]
@@ -597,13 +610,19 @@ def _tree_roots(
     size: np.ndarray,
     rank: np.ndarray,
     n_workers: int,
+    spread: bool = False,
 ) -> np.ndarray:
     """For every node, the root reached by always following its heaviest input.
 
     An input's pull is its size, discounted when it feeds more tasks than
     there are workers (see ``_pull``), so a chunk follows its own data
     rather than a global mean.
-    Ties go to the input that runs first. Only heavy edges between members of
+    Ties go to the input that runs first, which keeps the tasks reading one
+    block together; with ``spread``, to the tied input numbered by the
+    task's own number modulo the number of ties, for graphs where always the
+    first hangs every task on one tree (the outputs of a two-stage rechunk
+    each read one slice of every intermediate).
+    Only heavy edges between members of
     one group count; a node without such an input is a root (its own).
 
     Complexity: O(edges log edges) for one sort, then O(tasks log depth) for
@@ -617,13 +636,11 @@ def _tree_roots(
         order = np.lexsort((rank[src], -pull, dst))
         d, p = dst[order], pull[order]
         starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
-        # Ties (sizes unknown, or equal) are spread, task number modulo the
-        # number of tied inputs: always taking the first would hang every
-        # task that reads one piece of each of several chunks (the second
-        # stage of a rechunk) on one tree, too heavy to balance.
-        top = np.repeat(p[starts], np.diff(np.r_[starts, len(d)]))
-        tied = np.add.reduceat((p == top).astype(np.int64), starts)
-        pick = starts + d[starts] % tied
+        pick = starts
+        if spread:
+            top = np.repeat(p[starts], np.diff(np.r_[starts, len(d)]))
+            tied = np.add.reduceat((p == top).astype(np.int64), starts)
+            pick = starts + d[starts] % tied
         parent[d[pick]] = src[order[pick]]
     while True:
         nxt = parent[parent]
