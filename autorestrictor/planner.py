@@ -273,7 +273,7 @@ def plan(
     moved_by_plan = _crossing_fraction(g, worker_of, located, size)
     if moved_by_plan > opts.max_cut_fraction:
         return step_back(
-            f"best plan still moves {moved_by_plan:.0%} of the graph's bytes "
+            f"best plan still moves {moved_by_plan:.0%} of what the graph's tasks read "
             f"(max-cut-fraction={opts.max_cut_fraction}): no partition helps"
         )
     n_groups = len(np.unique(comp[pinned]))
@@ -583,7 +583,8 @@ def _round_seams(
     each seam moves at most ``slack``, so a worker stays within the balance
     tolerance of its share.
 
-    Complexity: O(items) numpy work per seam, over a window of items.
+    Complexity: O(items) in all: per seam, a search and a look at the items
+    within its slack.
     """
     n = len(out)
     before = np.r_[0.0, np.cumsum(load)]  # load of items [0, j)
