@@ -622,9 +622,9 @@ def _tree_roots(
     block together; with ``spread``, to the tied input numbered by the
     task's own number modulo the number of ties, for graphs where always the
     first hangs every task on one tree (the outputs of a two-stage rechunk
-    each read one slice of every intermediate).
-    Only heavy edges between members of
-    one group count; a node without such an input is a root (its own).
+    each read one slice of every intermediate). Only heavy edges between
+    members of one group count; a node without such an input is a root (its
+    own).
 
     Complexity: O(edges log edges) for one sort, then O(tasks log depth) for
     pointer jumping; no recursion.
