@@ -27,7 +27,7 @@ def subcommand(name: str, help: str):
 
 @subcommand("bench", help="run workloads under several scheduling modes and compare")
 def _bench(parser: argparse.ArgumentParser) -> Runner:
-    from autorestrictor import bench
+    from autorestrictor.tools import bench
 
     bench.add_arguments(parser)
     return bench.main
@@ -35,7 +35,7 @@ def _bench(parser: argparse.ArgumentParser) -> Runner:
 
 @subcommand("demo", help="seed example with and without the plugin, optional PNG")
 def _demo(parser: argparse.ArgumentParser) -> Runner:
-    from autorestrictor import demo
+    from autorestrictor.tools import demo
 
     demo.add_arguments(parser)
     return demo.main
@@ -43,7 +43,7 @@ def _demo(parser: argparse.ArgumentParser) -> Runner:
 
 @subcommand("bench-plan", help="time the planner alone on large synthetic graphs")
 def _bench_plan(parser: argparse.ArgumentParser) -> Runner:
-    from autorestrictor import benchplan
+    from autorestrictor.tools import benchplan
 
     benchplan.add_arguments(parser)
     return benchplan.main

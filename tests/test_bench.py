@@ -11,11 +11,11 @@ import dask
 import numpy as np
 import pytest
 
-from autorestrictor import bench
+from autorestrictor.tools import bench
 from autorestrictor.__main__ import main as cli_main
-from autorestrictor.bench import ROW_KEYS, ChecksumMismatch, check_checksums, format_table
-from autorestrictor.demo import format_side_by_side, plot_runs
-from autorestrictor.workloads import WORKLOADS, checksum
+from autorestrictor.tools.bench import ROW_KEYS, ChecksumMismatch, check_checksums, format_table
+from autorestrictor.tools.demo import format_side_by_side, plot_runs
+from autorestrictor.tools.workloads import WORKLOADS, checksum
 
 
 def fake_row(workload="w", mode="default", repeat=0, **overrides):

@@ -63,7 +63,7 @@ RSS_INTERVAL_S = 0.025
 
 #: Directory that contains the ``autorestrictor`` package; put on the
 #: child's ``PYTHONPATH`` so runs work without installing the package.
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 class BenchError(RuntimeError):
@@ -190,7 +190,7 @@ def measure(
     Parameters
     ----------
     workload : str
-        Key of :data:`autorestrictor.workloads.WORKLOADS`.
+        Key of :data:`autorestrictor.tools.workloads.WORKLOADS`.
     mode : str
         One of :data:`MODES`.
     workers : int
@@ -210,7 +210,7 @@ def measure(
     from dask.utils import key_split
     from distributed import Client, LocalCluster, get_task_stream
 
-    from autorestrictor.workloads import WORKLOADS, checksum
+    from autorestrictor.tools.workloads import WORKLOADS, checksum
 
     if workload not in WORKLOADS:
         raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
@@ -352,7 +352,7 @@ def run_one(
         cmd = [
             sys.executable,
             "-c",
-            "from autorestrictor.bench import _child_main; _child_main()",
+            "from autorestrictor.tools.bench import _child_main; _child_main()",
             "--workload", workload,
             "--mode", mode,
             "--workers", str(workers),
@@ -475,7 +475,7 @@ def run_bench(
     BenchError
         If a run fails.
     """
-    from autorestrictor.workloads import WORKLOADS
+    from autorestrictor.tools.workloads import WORKLOADS
 
     workloads = list(workloads) if workloads else list(WORKLOADS)
     unknown = [w for w in workloads if w not in WORKLOADS]

@@ -18,7 +18,7 @@ import time
 import tracemalloc
 
 from autorestrictor.planner import plan
-from autorestrictor.synthetic import GRAPHS
+from autorestrictor.tools.synthetic import GRAPHS
 
 
 def measure(kind: str, n_tasks: int, n_workers: int, repeat: int = 3) -> dict:

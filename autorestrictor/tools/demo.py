@@ -7,7 +7,7 @@ single-threaded worker processes, once per mode (``default`` and
 table and, with ``--plot PATH``, draws each run's task stream and per-worker
 memory on a common time axis.
 
-Runs go through :func:`autorestrictor.bench.run_one`, so each one has its own
+Runs go through :func:`autorestrictor.tools.bench.run_one`, so each one has its own
 subprocess and fresh cluster.
 """
 
@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 from typing import Sequence
 
-from autorestrictor.bench import BenchError, check_checksums, run_one
+from autorestrictor.tools.bench import BenchError, check_checksums, run_one
 
 WORKLOAD = "seed-sum"
 DEFAULT_MODES = ("default", "autorestrictor")
@@ -38,7 +38,7 @@ def run_demo(
     Parameters
     ----------
     modes : sequence of str
-        Modes from :data:`autorestrictor.bench.MODES`.
+        Modes from :data:`autorestrictor.tools.bench.MODES`.
     workers : int
         Single-threaded worker processes.
     scale : float
