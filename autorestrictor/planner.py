@@ -53,8 +53,28 @@ Key = Hashable
 #: Items no larger than this fraction of the smallest worker share are dealt
 #: out in one vectorised pass (each lands where its midpoint falls, so a
 #: worker is off its share by at most half an item); larger items go through
-#: the sequential pass that never splits them.
+#: the sequential pass that never splits them. Not an option: both passes
+#: keep every worker within ``balance-tolerance``; this only picks the faster
+#: one, and at 5% the vectorised pass errs by at most 2.5% of a share.
 _SMALL_ITEM = 0.05
+
+#: A result read by more than this many tasks per worker reaches every
+#: worker whatever the plan (a global mean, a coordinate array), so its pull
+#: on a consumer shrinks with its fan-out (see ``_pull``). Twice rather than
+#: once leaves a full pull to results read by a few tasks per worker (a
+#: block of a product, a halo's neighbours); the factor was not tuned
+#: beyond the bench.
+_FANOUT_PER_WORKER = 2.0
+
+#: At a seam a task moves to another piece only if that piece holds more
+#: than this share of its inputs (by pull): with sizes unknown a plurality is
+#: a guess, and a wrong guess moves a whole chunk.
+_MAJORITY = 0.5
+
+#: Rounds of ``_follow_majority``: each round looks one level further up.
+#: Two settle a reduction's first two levels and a halo's overlap step; more
+#: rounds changed no plan of the bench.
+_MAJORITY_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -218,10 +238,80 @@ def plan(
         return step_back(f"graph has {g.n_tasks} tasks, fewer than min-tasks={opts.min_tasks}")
     if len(addrs) < 2:
         return step_back(f"{len(addrs)} worker(s): nothing to choose between")
+    a, pinnable, reason = analyse(
+        g, threads, opts, nbytes=nbytes, priority=priority, who_has=who_has, addrs=addrs,
+        skip=skip, cost=cost,
+    )
+    if reason is not None:
+        return step_back(reason)
+    worker_of, piece_of, notes = assign_all(a, pinnable, opts)
+    pinned = np.flatnonzero(worker_of >= 0)
+    if len(pinned) < max(1, opts.min_tasks) and notes:
+        # What is left after the all-to-all groups is not worth pinning.
+        return step_back("; ".join(notes))
+    if len(pinned) == 0:
+        return step_back("no task could be pinned")
+    moved_by_plan = _crossing_fraction(g, worker_of, a.located, a.size)
+    if moved_by_plan > opts.max_cut_fraction:
+        return step_back(
+            f"best plan still moves {moved_by_plan:.0%} of what the graph's tasks read "
+            f"(max-cut-fraction={opts.max_cut_fraction}): no partition helps"
+        )
+    keys = list(map(g.keys.__getitem__, pinned.tolist()))
+    return Plan(
+        workers=addrs, keys=keys, worker_of=worker_of[pinned],
+        piece_of=piece_of[pinned], n_tasks=g.n_tasks,
+        n_groups=len(np.unique(a.comp[pinned])),
+        predicted_bytes=int(predicted_transfer(g, worker_of, a.located, a.size)),
+        notes=tuple(notes), plan_s=perf_counter() - start,
+        cost_of=None if cost is None else a.cost[pinned],
+    )
 
+
+@dataclass(frozen=True)
+class Analysis:
+    """What steps 1-5 learnt about every node of one graph; step 6 reads it.
+
+    Per-node arrays have one entry per node of ``g`` (tasks, then external
+    keys); ``heavy`` has one per edge.
+    """
+
+    g: Graph
+    threads: np.ndarray  #: threads per worker, in the order of the plan's workers
+    size: np.ndarray  #: output bytes (known, or the typical size)
+    cost: np.ndarray  #: relative compute cost (1 when not given)
+    located: np.ndarray  #: worker index already holding the output, or -1
+    rank: np.ndarray  #: run order, lower first (dask.order's priority)
+    structural: np.ndarray  #: the graph's own order (see ``structural_rank``)
+    depth: np.ndarray  #: fewest edges to a terminal
+    comp: np.ndarray  #: group label (steps 4-5)
+    heavy: np.ndarray  #: per edge: its data is heavy enough to glue groups
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.threads)
+
+
+def analyse(
+    g: Graph,
+    threads: np.ndarray,
+    opts: Options,
+    *,
+    nbytes: Mapping[Key, float] | None,
+    priority: Mapping[Key, float] | None,
+    who_has: Mapping[Key, str | Collection[str]] | None,
+    addrs: list[str],
+    skip: Collection[Key],
+    cost: Mapping[Key, float] | None,
+) -> tuple[Analysis, np.ndarray, str | None]:
+    """Steps 1 to 5: roots, terminals, the partition layer and the groups.
+
+    Returns the analysis, the mask of nodes the planner may pin, and the
+    reason to step back (``None`` when there is parallelism to spread).
+    Complexity: O(tasks + edges) plus two sorts in C.
+    """
     size = _sizes(g, nbytes)
     located = _located(g, who_has, addrs)
-    cost_arr = _per_node(g, cost, default=1.0, name="cost")
     pinnable = np.zeros(g.n, dtype=bool)
     pinnable[: g.n_tasks] = True
     pinnable &= located < 0
@@ -230,61 +320,27 @@ def plan(
 
     # Steps 1 and 2.
     roots = find_roots(g)
-    terminals = find_terminals(g)
-    depth = distance_to_terminals(g, terminals)
+    depth = distance_to_terminals(g, find_terminals(g))
     structural = structural_rank(g, depth)
-    rank = _ranks(g, priority, structural)
 
     # Step 3.
     target = max(2, int(np.ceil(opts.partition_factor * threads.sum())))
     layer_depth, width = partition_layer(depth, roots, target)
+    reason = None
     if width < 2:
-        return step_back(
-            f"widest layer of the graph has {width} task(s): no parallelism to spread"
-        )
+        reason = f"widest layer of the graph has {width} task(s): no parallelism to spread"
     lower = (depth >= layer_depth) | roots | (depth < 0)
     pinnable &= lower
 
     # Steps 4 and 5.
     heavy = size[g.src] >= opts.light_edge_fraction * _typical_size(size)
     comp = find_groups(g, lower & (pinnable | (located >= 0)), heavy)
-
-    # Step 6. A group found to be an all-to-all is taken out and the rest
-    # dealt again, so that the work it would have had is shared fairly.
-    notes: list[str] = []
-    for _ in range(3):
-        worker_of, piece_of, all_to_all, note = assign(
-            g, comp, pinnable, rank, structural, depth, cost_arr, size, located, heavy,
-            threads, opts,
-        )
-        if note:
-            notes.append(note)
-        if not all_to_all.any():
-            break
-        pinnable &= ~all_to_all
-        worker_of[all_to_all] = -1
-    pinned = np.flatnonzero(worker_of >= 0)
-    predicted = predicted_transfer(g, worker_of, located, size)
-    if len(pinned) < max(1, opts.min_tasks) and notes:
-        # What is left after the all-to-all groups is not worth pinning.
-        return step_back("; ".join(notes))
-    if len(pinned) == 0:
-        return step_back("no task could be pinned")
-    moved_by_plan = _crossing_fraction(g, worker_of, located, size)
-    if moved_by_plan > opts.max_cut_fraction:
-        return step_back(
-            f"best plan still moves {moved_by_plan:.0%} of what the graph's tasks read "
-            f"(max-cut-fraction={opts.max_cut_fraction}): no partition helps"
-        )
-    n_groups = len(np.unique(comp[pinned]))
-    keys = list(map(g.keys.__getitem__, pinned.tolist()))
-    return Plan(
-        workers=addrs, keys=keys, worker_of=worker_of[pinned],
-        piece_of=piece_of[pinned], n_tasks=g.n_tasks, n_groups=n_groups,
-        predicted_bytes=int(predicted), notes=tuple(notes),
-        plan_s=perf_counter() - start,
-        cost_of=None if cost is None else cost_arr[pinned],
+    a = Analysis(
+        g=g, threads=threads, size=size, cost=_per_node(g, cost, default=1.0, name="cost"),
+        located=located, rank=_ranks(g, priority, structural), structural=structural,
+        depth=depth, comp=comp, heavy=heavy,
     )
+    return a, pinnable, reason
 
 
 # ---------------------------------------------------------------------------
@@ -345,20 +401,37 @@ def find_groups(g: Graph, member: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     return labels
 
 
+#: Rounds of step 6. Each round leaves the groups found to be all-to-all to
+#: Dask and deals the rest again. With fewer tasks left a worker's share
+#: shrinks, so another group may now need a split that fails; three rounds
+#: settled every graph of the tests and the bench. Not an option: it bounds
+#: planning time, it does not trade one outcome for another.
+_ASSIGN_ROUNDS = 3
+
+
+def assign_all(a: Analysis, pinnable: np.ndarray, opts: Options) -> tuple[
+    np.ndarray, np.ndarray, list[str]
+]:
+    """Step 6, repeated while groups turn out to be all-to-all (see ``assign``).
+
+    Returns ``(worker per node, piece per node, notes)``; -1 where a node is
+    left to Dask.
+    """
+    pinnable = pinnable.copy()
+    notes: list[str] = []
+    for _ in range(_ASSIGN_ROUNDS):
+        worker_of, piece_of, all_to_all, note = assign(a, pinnable, opts)
+        if note:
+            notes.append(note)
+        if not all_to_all.any():
+            break
+        pinnable &= ~all_to_all
+        worker_of[all_to_all] = -1
+    return worker_of, piece_of, notes
+
+
 def assign(
-    g: Graph,
-    comp: np.ndarray,
-    pinnable: np.ndarray,
-    rank: np.ndarray,
-    structural: np.ndarray,
-    depth: np.ndarray,
-    cost: np.ndarray,
-    size: np.ndarray,
-    located: np.ndarray,
-    heavy: np.ndarray,
-    threads: np.ndarray,
-    opts: Options,
-    spread: bool = False,
+    a: Analysis, pinnable: np.ndarray, opts: Options, spread: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
 
@@ -370,14 +443,8 @@ def assign(
        combining neighbours finds them on one worker.
     b. Split each group heavier than ``(1 + balance-tolerance)`` worker
        shares, or reading data in memory on several workers, and with more
-       than one task side by side, into share-sized pieces. Every task
-       follows its heaviest input down to a root, the group's roots are cut
-       in priority order into runs weighted by the tasks that follow them,
-       and at the seams a task moves to the piece holding most of its inputs
-       (contiguous runs of priority tend to be neighbours, so halos and tree
-       reductions get few seams, and a chunk's later steps stay with the
-       chunk even when a global statistic sits in between). A chain is never
-       split: it runs one task after another.
+       than one task side by side, into share-sized pieces (``_split``).
+       A chain is never split: it runs one task after another.
     c. A piece that reads data already placed (in memory) goes where most of
        that data is.
     d. The other pieces are dealt out in order, in contiguous runs, each
@@ -395,132 +462,188 @@ def assign(
     Complexity: O(tasks + edges) plus sorts in C and a Python loop over
     pieces only when pieces are large compared with a worker's share.
     """
-    n_workers = len(threads)
+    g, threads = a.g, a.threads
     worker_of = np.full(g.n, -1, dtype=np.int64)
     piece_of = np.full(g.n, -1, dtype=np.int64)
+    nothing = np.zeros(g.n, dtype=bool)
     nodes = np.flatnonzero(pinnable)
     if len(nodes) == 0:
-        return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
+        return worker_of, piece_of, nothing, None
 
     # a. Order: groups in the graph's order, then tasks by priority.
-    c = comp[nodes]
-    first = np.full(comp.max() + 1, np.inf)
-    np.minimum.at(first, c, structural[nodes])
-    order = np.lexsort((rank[nodes], c, first[c]))
+    c = a.comp[nodes]
+    first = np.full(a.comp.max() + 1, np.inf)
+    np.minimum.at(first, c, a.structural[nodes])
+    order = np.lexsort((a.rank[nodes], c, first[c]))
     nodes, c = nodes[order], c[order]
-    w = cost[nodes]
-
-    # b. Split heavy groups with parallelism: each task follows its heaviest
-    # input down to a root (its "tree"); the roots of the group, in priority
-    # order, are cut into share-sized runs and every tree goes with its root.
-    total = float(w.sum())
+    total = float(a.cost[nodes].sum())
     share = total / threads.sum()  # fair work per thread
     piece_size = share * threads.mean()
-    comp_load = np.bincount(c, weights=w, minlength=len(first))
-    wide = _wide(c, depth[nodes], len(first))
-    split = comp_load > (1 + opts.balance_tolerance) * share * threads.max()
-    # A group reading data in memory on several workers is split along that
-    # data too, so that each part runs where its own inputs are.
-    loc = np.flatnonzero(located >= 0)
-    if len(loc):
-        pairs = np.unique(comp[loc].astype(np.int64) * n_workers + located[loc])
-        split |= np.bincount(pairs // n_workers, minlength=len(first))[: len(first)] > 1
-    split &= wide
+
+    # b. Split heavy groups with parallelism.
+    split = _groups_to_split(a, nodes, c, len(first), share, opts)
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
-        member = np.zeros(g.n, dtype=bool)
-        member[nodes] = True
-        anchor = _tree_roots(
-            g, member | (located >= 0), comp, heavy, size, rank, n_workers, spread
-        )
-        tree_load = np.bincount(anchor[nodes], weights=w, minlength=g.n)
-        in_split = split[c]
-        is_root = in_split & (anchor[nodes] == nodes)
-        r, rc = nodes[is_root], c[is_root]  # already in (group, priority) order
-        rl = tree_load[r]
-        starts = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])[: len(rc)]
-        before = np.repeat(np.cumsum(rl)[starts] - rl[starts], np.diff(np.r_[starts, len(rc)]))
-        bucket = np.zeros(g.n, dtype=np.int64)
-        bucket[r] = np.floor((np.cumsum(rl) - rl / 2 - before) / piece_size)
-        # trees rooted in placed data form one piece per worker holding it
-        bucket[located >= 0] = -1 - located[located >= 0]
-        split_nodes = nodes[in_split]
-        bucket[split_nodes] = bucket[anchor[split_nodes]]
-        movable = np.zeros(g.n, dtype=bool)
-        movable[split_nodes[anchor[split_nodes] != split_nodes]] = True
-        _follow_majority(g, bucket, movable, member | (located >= 0), comp, heavy, size, n_workers)
-        sub[in_split] = bucket[split_nodes]
-        order = np.lexsort((rank[nodes], sub, c, first[c]))
-        nodes, c, sub, w = nodes[order], c[order], sub[order], w[order]
+        sub = _split(a, nodes, c, split, piece_size, spread)
+        order = np.lexsort((a.rank[nodes], sub, c, first[c]))
+        nodes, c, sub = nodes[order], c[order], sub[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
     piece = np.cumsum(boundary) - 1
-    piece_load = np.bincount(piece, weights=w)
+    piece_load = np.bincount(piece, weights=a.cost[nodes])
 
     # c. Pieces that read placed data follow it.
-    piece_worker = np.full(len(piece_load), -1, dtype=np.int64)
+    piece_worker = _follow_placed(a, nodes, piece, len(piece_load))
+
+    # d. Deal the other pieces out in contiguous runs.
+    free = piece_worker < 0
+    placed_load = np.bincount(
+        piece_worker[~free], weights=piece_load[~free], minlength=len(threads)
+    )
+    capacity = np.maximum(total * threads / threads.sum() - placed_load, 0.0)
+    piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance)
+    worker_of[nodes] = piece_worker[piece]
+    piece_of[nodes] = piece
+    if not split.any():
+        return worker_of, piece_of, nothing, None
+
+    # e. Leave all-to-all groups to Dask, and split groups whose pieces
+    # could not be balanced (one root drags most of the group with it).
+    big = piece_load > (1 + opts.balance_tolerance) * piece_size * threads.max() / threads.mean()
+    lopsided = np.zeros(len(split), dtype=bool)
+    lopsided[c[boundary][big]] = True
+    lopsided &= split
+    if lopsided.any() and not spread:
+        return assign(a, pinnable, opts, spread=True)
+    frac = _cut_fractions(a, worker_of, split)
+    cut = split & (frac > opts.max_cut_fraction)
+    lopsided &= ~cut
+    bad = cut | lopsided
+    if not bad.any():
+        return worker_of, piece_of, nothing, None
+    drop = bad[a.comp] & (worker_of >= 0)
+    return worker_of, piece_of, drop, _left_to_dask(cut, lopsided, frac, int(drop.sum()), opts)
+
+
+def _groups_to_split(
+    a: Analysis, nodes: np.ndarray, c: np.ndarray, n_groups: int, share: float, opts: Options
+) -> np.ndarray:
+    """Step 6b, which groups: mask over group labels.
+
+    A group is split when it is heavier than ``1 + balance-tolerance``
+    shares of the largest worker, or reads data in memory on several workers
+    (each part then runs where its own inputs are), and only when it has two
+    tasks side by side (a chain runs one task after another).
+    """
+    comp_load = np.bincount(c, weights=a.cost[nodes], minlength=n_groups)
+    split = comp_load > (1 + opts.balance_tolerance) * share * a.threads.max()
+    loc = np.flatnonzero(a.located >= 0)
+    if len(loc):
+        w = a.n_workers
+        pairs = np.unique(a.comp[loc].astype(np.int64) * w + a.located[loc])
+        split |= np.bincount(pairs // w, minlength=n_groups)[:n_groups] > 1
+    return split & _wide(c, a.depth[nodes], n_groups)
+
+
+def _split(
+    a: Analysis,
+    nodes: np.ndarray,
+    c: np.ndarray,
+    split: np.ndarray,
+    piece_size: float,
+    spread: bool,
+) -> np.ndarray:
+    """Step 6b, how: the piece number, within its group, of every node in ``nodes``.
+
+    Every task follows its heaviest input down to a root (its "tree"); the
+    group's roots, in priority order, are cut into runs of ``piece_size``
+    work, counting the tasks that follow each root, and every tree goes with
+    its root. Then, at the seams, a task moves to the piece holding most of
+    its inputs (``_follow_majority``). Contiguous runs of priority tend to be
+    neighbours, so halos and tree reductions get few seams, and a chunk's
+    later steps stay with the chunk even when a global statistic sits in
+    between. Trees rooted in placed data form one piece per worker holding
+    it. Nodes of groups that are not split are in piece 0.
+    """
+    g = a.g
+    member = np.zeros(g.n, dtype=bool)
+    member[nodes] = True
+    placed = a.located >= 0
+    anchor = _tree_roots(
+        g, member | placed, a.comp, a.heavy, a.size, a.rank, a.n_workers, spread
+    )
+    tree_load = np.bincount(anchor[nodes], weights=a.cost[nodes], minlength=g.n)
+    in_split = split[c]
+    is_root = in_split & (anchor[nodes] == nodes)
+    r, rc = nodes[is_root], c[is_root]  # already in (group, priority) order
+    rl = tree_load[r]
+    starts = np.flatnonzero(np.r_[True, rc[1:] != rc[:-1]])[: len(rc)]
+    before = np.repeat(np.cumsum(rl)[starts] - rl[starts], np.diff(np.r_[starts, len(rc)]))
+    bucket = np.zeros(g.n, dtype=np.int64)
+    bucket[r] = np.floor((np.cumsum(rl) - rl / 2 - before) / piece_size)
+    bucket[placed] = -1 - a.located[placed]
+    split_nodes = nodes[in_split]
+    bucket[split_nodes] = bucket[anchor[split_nodes]]
+    movable = np.zeros(g.n, dtype=bool)
+    movable[split_nodes[anchor[split_nodes] != split_nodes]] = True
+    _follow_majority(g, bucket, movable, member | placed, a.comp, a.heavy, a.size, a.n_workers)
+    sub = np.zeros(len(nodes), dtype=np.int64)
+    sub[in_split] = bucket[split_nodes]
+    return sub
+
+
+def _follow_placed(
+    a: Analysis, nodes: np.ndarray, piece: np.ndarray, n_pieces: int
+) -> np.ndarray:
+    """Step 6c: the worker of each piece that reads placed data (most bytes), else -1."""
+    g, n_workers = a.g, a.n_workers
+    piece_worker = np.full(n_pieces, -1, dtype=np.int64)
     node_piece = np.full(g.n, -1, dtype=np.int64)
     node_piece[nodes] = piece
-    e = heavy & (located[g.src] >= 0) & (node_piece[g.dst] >= 0)
+    e = a.heavy & (a.located[g.src] >= 0) & (node_piece[g.dst] >= 0)
     if e.any():
-        p, wk, b = node_piece[g.dst[e]], located[g.src[e]], size[g.src[e]]
-        pair = p * n_workers + wk
-        uniq, inv = np.unique(pair, return_inverse=True)
+        p, wk, b = node_piece[g.dst[e]], a.located[g.src[e]], a.size[g.src[e]]
+        uniq, inv = np.unique(p * n_workers + wk, return_inverse=True)
         sums = np.bincount(inv, weights=b)
         best = np.lexsort((-sums, uniq // n_workers))  # per piece, most bytes first
         first_of_piece = np.r_[True, np.diff(uniq[best] // n_workers) != 0]
         chosen = uniq[best][first_of_piece]
         piece_worker[chosen // n_workers] = chosen % n_workers
+    return piece_worker
 
-    # d. Deal the other pieces out in contiguous runs.
-    free = piece_worker < 0
-    placed_load = np.bincount(piece_worker[~free], weights=piece_load[~free], minlength=n_workers)
-    capacity = np.maximum(total * threads / threads.sum() - placed_load, 0.0)
-    piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance)
-    worker_of[nodes] = piece_worker[piece]
-    piece_of[nodes] = piece
 
-    # e. Leave all-to-all groups to Dask, and split groups whose pieces
-    # could not be balanced (one root drags most of the group with it).
-    if split.any():
-        lopsided = np.zeros(len(split), dtype=bool)
-        big = piece_load > (1 + opts.balance_tolerance) * piece_size * threads.max() / threads.mean()
-        lopsided[c[boundary][big]] = True
-        lopsided &= split
-        if lopsided.any() and not spread:
-            # Try once more with ties between inputs spread (see _tree_roots).
-            return assign(
-                g, comp, pinnable, rank, structural, depth, cost, size, located, heavy,
-                threads, opts, spread=True,
-            )
-        inner = (comp[g.src] == comp[g.dst]) & (worker_of[g.src] >= 0) & (worker_of[g.dst] >= 0)
-        inner &= split[np.minimum(comp[g.src], len(split) - 1)]
-        ec = comp[g.src[inner]]
-        b = size[g.src[inner]]
-        crossing = worker_of[g.src[inner]] != worker_of[g.dst[inner]]
-        frac = np.bincount(ec, weights=b * crossing, minlength=len(split)) / np.maximum(
-            np.bincount(ec, weights=b, minlength=len(split)), 1e-300
+def _cut_fractions(a: Analysis, worker_of: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Step 6e: per split group, the share of its internal bytes that cross workers."""
+    g, comp = a.g, a.comp
+    inner = (comp[g.src] == comp[g.dst]) & (worker_of[g.src] >= 0) & (worker_of[g.dst] >= 0)
+    inner &= split[np.minimum(comp[g.src], len(split) - 1)]
+    ec = comp[g.src[inner]]
+    b = a.size[g.src[inner]]
+    crossing = worker_of[g.src[inner]] != worker_of[g.dst[inner]]
+    return np.bincount(ec, weights=b * crossing, minlength=len(split)) / np.maximum(
+        np.bincount(ec, weights=b, minlength=len(split)), 1e-300
+    )
+
+
+def _left_to_dask(
+    cut: np.ndarray, lopsided: np.ndarray, frac: np.ndarray, n_tasks: int, opts: Options
+) -> str:
+    """Step 6e: the note saying which groups are left to Dask, and why."""
+    why = []
+    if cut.any():
+        why.append(
+            f"{int(cut.sum())} all-to-all (a balanced split moves up to "
+            f"{float(frac[cut].max()):.0%} of what their tasks read; "
+            f"max-cut-fraction={opts.max_cut_fraction})"
         )
-        cut = split & (frac > opts.max_cut_fraction)
-        lopsided &= ~cut
-        bad = cut | lopsided
-        if bad.any():
-            drop = bad[comp] & (worker_of >= 0)
-            why = []
-            if cut.any():
-                why.append(
-                    f"{int(cut.sum())} all-to-all (a balanced split moves up to "
-                    f"{float(frac[cut].max()):.0%} of what their tasks read; "
-                    f"max-cut-fraction={opts.max_cut_fraction})"
-                )
-            if lopsided.any():
-                why.append(f"{int(lopsided.sum())} that no split balances (one root drags "
-                           f"most of the group with it)")
-            note = (
-                f"{int(bad.sum())} group(s) of {int(drop.sum())} tasks left to Dask: "
-                + "; ".join(why)
-            )
-            return worker_of, piece_of, drop, note
-    return worker_of, piece_of, np.zeros(g.n, dtype=bool), None
+    if lopsided.any():
+        why.append(
+            f"{int(lopsided.sum())} that no split balances (one root drags "
+            f"most of the group with it)"
+        )
+    return (
+        f"{int(cut.sum() + lopsided.sum())} group(s) of {n_tasks} tasks left to Dask: "
+        + "; ".join(why)
+    )
 
 
 def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarray:
@@ -528,8 +651,9 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
 
     Each worker takes items until it reaches its share of what is left; it
     takes one more item only if that keeps it within ``1 + tolerance`` of its
-    share and brings it closer to the share than stopping short would. Shares are recomputed at each change of worker, so an early
-    overshoot is absorbed by the rest. Small items are dealt in one
+    share and brings it closer to the share than stopping short would.
+    Shares are recomputed at each change of worker, so an early overshoot is
+    absorbed by the rest. Small items are dealt in one
     vectorised pass: each goes to the worker whose share its midpoint falls in.
 
     Complexity: O(items) (vectorised), or one Python step per item when some
@@ -555,7 +679,9 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
     cap = capacity[0]
     loads = load.tolist()
     for i, x in enumerate(loads):
-        while cur < last and (cap <= 0 or (filled > 0 and _better_without(filled, x, cap, tolerance))):
+        while cur < last and (
+            cap <= 0 or (filled > 0 and _better_without(filled, x, cap, tolerance))
+        ):
             left -= filled
             cur, filled = cur + 1, 0.0
             cap = left * capacity[cur] / capacity[cur:].sum()
@@ -653,12 +779,12 @@ def _tree_roots(
 def _pull(g: Graph, src: np.ndarray, size: np.ndarray, n_workers: int) -> np.ndarray:
     """How strongly each input draws its consumer to its worker.
 
-    Its size, unless it feeds more than twice as many tasks as there are
-    workers: such a result (a global mean, a coordinate array) ends up on
+    Its size, unless it feeds more than ``_FANOUT_PER_WORKER`` tasks per
+    worker: such a result (a global mean, a coordinate array) ends up on
     every worker whatever the plan, so its pull shrinks with its fan-out.
     """
     fanout = g.outdegree[src].clip(min=1)
-    return size[src] * np.minimum(1.0, 2.0 * n_workers / fanout)
+    return size[src] * np.minimum(1.0, _FANOUT_PER_WORKER * n_workers / fanout)
 
 
 def _follow_majority(
@@ -670,17 +796,15 @@ def _follow_majority(
     heavy: np.ndarray,
     size: np.ndarray,
     n_workers: int,
-    rounds: int = 2,
+    rounds: int = _MAJORITY_ROUNDS,
 ) -> None:
     """Move each non-root task of a split group to the piece most of its inputs are in.
 
     Following one input (``_tree_roots``) is right inside a piece; at a seam
     a task reading three inputs from one piece and one from the next should
     not follow the one. A task moves only to a piece that holds more than
-    half of its inputs (weighted by pull): with sizes unknown a plurality is
-    a guess, and a wrong guess moves a whole chunk. Each round looks one
-    level further up; two rounds settle a reduction's first two levels and a
-    halo's overlap step. Updates ``bucket`` in place.
+    ``_MAJORITY`` of its inputs (weighted by pull). Each round looks one
+    level further up. Updates ``bucket`` in place.
 
     Complexity: O(edges log edges) per round (one sort).
     """
@@ -701,8 +825,8 @@ def _follow_majority(
         total = np.bincount(owner, weights=sums)
         best = np.lexsort((-sums, owner))
         first = best[np.r_[True, owner[best][1:] != owner[best][:-1]]]
-        # move only to a piece holding more than half of the task's inputs
-        first = first[sums[first] > total[owner[first]] / 2]
+        # move only to a piece holding a majority of the task's inputs
+        first = first[sums[first] > _MAJORITY * total[owner[first]]]
         new = candidate[first]
         if np.array_equal(bucket[owner[first]], new):
             return

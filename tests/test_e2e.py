@@ -22,7 +22,9 @@ def _run(plugin: str | None):
             client.register_plugin(AutoRestrictor())
         x = da.random.default_rng(42).random((250_000, 200), chunks=(250_000, 1))
         result = x.sum(axis=1).compute()
-        moved = sum(client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values())
+        moved = sum(
+            client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values()
+        )
         plans = autorestrictor.last_plans(client)
     return result, moved, plans
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import clusters, dags, independent_subgraphs, random_dag
 
 from autorestrictor import plan
 from autorestrictor.graph import build_graph, distance_to_terminals
-from strategies import clusters, dags, independent_subgraphs, random_dag
 
 W2 = {"w0": 1, "w1": 1}
 W4 = {f"w{i}": 1 for i in range(4)}

@@ -331,7 +331,6 @@ def _random_delayed(seed, n=150):
     import random
 
     from dask import delayed
-
     from strategies import random_dag
 
     deps = random_dag(random.Random(seed), n, max_deps=3, prefix=f"r{seed}-")

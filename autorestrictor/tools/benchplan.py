@@ -25,18 +25,20 @@ def measure(kind: str, n_tasks: int, n_workers: int, repeat: int = 3) -> dict:
     """Plan one synthetic graph ``repeat`` times; return the medians."""
     deps, nbytes = GRAPHS[kind](n_tasks)
     priority = {k: i for i, k in enumerate(deps)}
-    workers = {f"tcp://10.{i // 65536}.{i // 256 % 256}.{i % 256}:8786": 1 for i in range(n_workers)}
+    workers = {
+        f"tcp://10.{i // 65536}.{i // 256 % 256}.{i % 256}:8786": 1 for i in range(n_workers)
+    }
     times = []
     result = None
     for _ in range(repeat):
         gc.collect()
         start = time.perf_counter()
         result = plan(deps, workers, nbytes=nbytes, priority=priority)
-        result.assignment  # building the key -> worker mapping is part of the cost
+        _ = result.assignment  # building the key -> worker mapping is part of the cost
         times.append(time.perf_counter() - start)
     gc.collect()
     tracemalloc.start()
-    plan(deps, workers, nbytes=nbytes, priority=priority).assignment
+    _ = plan(deps, workers, nbytes=nbytes, priority=priority).assignment
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     n = len(deps)
@@ -157,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
         share = update_graph_share(args.update_graph)
         out["update_graph"] = share
         print(
-            f"\nupdate-graph of {share['tasks']:,} tasks: scheduler {share['scheduler_update_graph_s']:.2f} s, "
+            f"\nupdate-graph of {share['tasks']:,} tasks: "
+            f"scheduler {share['scheduler_update_graph_s']:.2f} s, "
             f"plugin {share['plugin_s']:.3f} s (planning {share['plan_s']:.3f} s): "
             f"{share['share']:.1%} of the scheduler's own time"
         )

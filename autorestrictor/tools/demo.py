@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 from autorestrictor.tools.bench import BenchError, check_checksums, run_one
 
