@@ -25,6 +25,7 @@ __all__ = [
     "dask_setup",
     "install_plugin",
     "last_plans",
+    "last_rebalances",
     "plan",
 ]
 
@@ -54,9 +55,9 @@ async def install_plugin(dask_scheduler=None, **options: Any) -> None:
     await plugin.start(dask_scheduler)
 
 
-def _history(dask_scheduler=None) -> list[dict]:
+def _history(dask_scheduler=None, what: str = "history") -> list[dict]:
     plugin = dask_scheduler.plugins.get("autorestrictor")
-    return list(plugin.history) if plugin is not None else []
+    return list(getattr(plugin, what)) if plugin is not None else []
 
 
 def last_plans(client) -> list[dict]:
@@ -67,3 +68,13 @@ def last_plans(client) -> list[dict]:
     (``None`` when the plan was applied). Empty if the plugin is not installed.
     """
     return client.run_on_scheduler(_history)
+
+
+def last_rebalances(client) -> list[dict]:
+    """The rebalancing moves the scheduler's AutoRestrictor made, oldest first.
+
+    Each is a dict with ``action`` (``"rebalance"``), ``from``, ``to``,
+    ``tasks``, ``units``, ``why`` and ``time``. Empty if none, or if the
+    plugin is not installed.
+    """
+    return client.run_on_scheduler(_history, what="moves")

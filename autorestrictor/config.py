@@ -39,6 +39,11 @@ class Options:
     balance_tolerance: float
     max_cut_fraction: float
     admission: bool
+    rebalance: bool
+    rebalance_min_gain: float
+    rebalance_interval: float
+    paused_timeout: float
+    check_interval: float
     history: int
 
     @classmethod

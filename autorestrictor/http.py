@@ -19,8 +19,9 @@ class PlansJSON(web.RequestHandler):
     def get(self) -> None:
         plugin = self.server.plugins.get("autorestrictor")
         plans = list(plugin.history) if plugin is not None else []
+        moves = list(plugin.moves) if plugin is not None else []
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps({"plans": plans}, default=str))
+        self.write(json.dumps({"plans": plans, "rebalances": moves}, default=str))
 
 
 def add_routes(scheduler) -> None:

@@ -117,6 +117,20 @@ class Plan:
     notes: tuple[str, ...] = ()
     plan_s: float = 0.0
     cost_of: np.ndarray | None = field(default=None, repr=False)
+    unit_of: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def units(self) -> np.ndarray:
+        """For each pinned key, the position (in ``keys``) of its unit's first task.
+
+        A unit is a task that starts a chain of work on its worker (a root,
+        or a task whose inputs are all elsewhere) and the tasks that follow
+        it: each task follows its first input in the same piece. Units are
+        what the rebalancer moves between workers once the plan runs.
+        """
+        if self.unit_of is None:
+            return np.arange(len(self.keys))
+        return self.unit_of
 
     @property
     def applied(self) -> bool:
@@ -166,6 +180,7 @@ def plan(
     who_has: Mapping[Key, str | Collection[str]] | None = None,
     skip: Collection[Key] = (),
     cost: Mapping[Key, float] | None = None,
+    busy: Mapping[str, float] | None = None,
     **options: Any,
 ) -> Plan:
     """Decide which tasks of a graph to pin to which worker.
@@ -194,6 +209,10 @@ def plan(
         tasks with resource or host restrictions, opted-out tasks).
     cost:
         ``key -> relative compute cost``; 1 per task when missing.
+    busy:
+        ``address -> work already waiting on that worker``, in the units of
+        ``cost`` (pinned work of earlier graphs). Work is dealt so that every
+        worker finishes together: a busy worker gets less of this graph.
     **options:
         Overrides of the configuration (``autorestrictor.yaml``), e.g.
         ``min_tasks=1``, ``balance_tolerance=0.1``.
@@ -240,7 +259,7 @@ def plan(
         return step_back(f"{len(addrs)} worker(s): nothing to choose between")
     a, pinnable, reason = analyse(
         g, threads, opts, nbytes=nbytes, priority=priority, who_has=who_has, addrs=addrs,
-        skip=skip, cost=cost,
+        skip=skip, cost=cost, busy=busy,
     )
     if reason is not None:
         return step_back(reason)
@@ -265,6 +284,7 @@ def plan(
         predicted_bytes=int(predicted_transfer(g, worker_of, a.located, a.size)),
         notes=tuple(notes), plan_s=perf_counter() - start,
         cost_of=None if cost is None else a.cost[pinned],
+        unit_of=_units(g, worker_of, piece_of, pinned),
     )
 
 
@@ -278,6 +298,7 @@ class Analysis:
 
     g: Graph
     threads: np.ndarray  #: threads per worker, in the order of the plan's workers
+    busy: np.ndarray  #: work already waiting per worker (units of ``cost``)
     size: np.ndarray  #: output bytes (known, or the typical size)
     cost: np.ndarray  #: relative compute cost (1 when not given)
     located: np.ndarray  #: worker index already holding the output, or -1
@@ -303,6 +324,7 @@ def analyse(
     addrs: list[str],
     skip: Collection[Key],
     cost: Mapping[Key, float] | None,
+    busy: Mapping[str, float] | None = None,
 ) -> tuple[Analysis, np.ndarray, str | None]:
     """Steps 1 to 5: roots, terminals, the partition layer and the groups.
 
@@ -336,8 +358,9 @@ def analyse(
     heavy = size[g.src] >= opts.light_edge_fraction * _typical_size(size)
     comp = find_groups(g, lower & (pinnable | (located >= 0)), heavy)
     a = Analysis(
-        g=g, threads=threads, size=size, cost=_per_node(g, cost, default=1.0, name="cost"),
-        located=located, rank=_ranks(g, priority, structural), structural=structural,
+        g=g, threads=threads, busy=_busy(busy, addrs), size=size,
+        cost=_per_node(g, cost, default=1.0, name="cost"), located=located,
+        rank=_ranks(g, priority, structural), structural=structural,
         depth=depth, comp=comp, heavy=heavy,
     )
     return a, pinnable, reason
@@ -499,7 +522,8 @@ def assign(
     placed_load = np.bincount(
         piece_worker[~free], weights=piece_load[~free], minlength=len(threads)
     )
-    capacity = np.maximum(total * threads / threads.sum() - placed_load, 0.0)
+    even = (total + a.busy.sum()) * threads / threads.sum()  # all finish together
+    capacity = np.maximum(even - a.busy - placed_load, 0.0)
     piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance)
     worker_of[nodes] = piece_worker[piece]
     piece_of[nodes] = piece
@@ -902,6 +926,48 @@ def predicted_transfer(
 # ---------------------------------------------------------------------------
 # Inputs
 # ---------------------------------------------------------------------------
+
+
+def _units(
+    g: Graph, worker_of: np.ndarray, piece_of: np.ndarray, pinned: np.ndarray
+) -> np.ndarray:
+    """For each pinned node, the position in ``pinned`` of its unit's first task.
+
+    Every pinned task follows its first input (lowest node number) that is
+    pinned in the same piece, down to a task with no such input.
+
+    Complexity: O(edges) plus O(tasks log depth) pointer jumping.
+    """
+    first = np.arange(g.n, dtype=np.int64)
+    e = (worker_of[g.src] >= 0) & (piece_of[g.src] == piece_of[g.dst]) & (worker_of[g.dst] >= 0)
+    if e.any():
+        big = np.iinfo(np.int64).max
+        lowest = np.full(g.n, big, dtype=np.int64)
+        np.minimum.at(lowest, g.dst[e], g.src[e])
+        has = lowest != big
+        first[has] = lowest[has]
+    while True:
+        nxt = first[first]
+        if np.array_equal(nxt, first):
+            break
+        first = nxt
+    position = np.full(g.n, -1, dtype=np.int64)
+    position[pinned] = np.arange(len(pinned))
+    return position[first[pinned]]
+
+
+def _busy(busy: Mapping[str, float] | None, addrs: list[str]) -> np.ndarray:
+    out = np.zeros(len(addrs))
+    if not busy:
+        return out
+    if not isinstance(busy, Mapping):
+        raise TypeError(f"busy must be a mapping of address -> work, got {type(busy).__name__}")
+    for i, addr in enumerate(addrs):
+        x = busy.get(addr, 0.0)
+        if not isinstance(x, (int, float, np.number)) or not np.isfinite(x) or x < 0:
+            raise ValueError(f"busy[{addr!r}] is {x!r}; expected a finite number >= 0")
+        out[i] = float(x)
+    return out
 
 
 def _check_workers(workers: Mapping[str, int]) -> tuple[list[str], np.ndarray]:

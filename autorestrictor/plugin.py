@@ -4,17 +4,20 @@ It reads the new tasks of each graph from ``scheduler.tasks``, asks
 :func:`autorestrictor.plan` where they should run, and applies the answer as
 worker restrictions before the scheduler transitions the tasks. It then keeps
 its promises as the cluster changes: pins to a worker that leaves move to the
-survivors, and a worker that joins takes over pieces that have not started.
+survivors, and a worker that runs out of work takes the far end of the
+busiest worker's run (:func:`autorestrictor.rebalance.rebalance`).
 
-Two design decisions, and why:
+Three design decisions, and why:
 
 *Pins are hard* (``loose_restrictions=False``). With loose ones the
 work-stealing extension lets any idle worker take a pinned task, and every
 stolen root drags its output back across the network: exactly the traffic
-the plan avoids. Hard pins are safe only because this plugin re-homes them
-whenever a worker leaves (``remove_worker``), in the same event-loop tick in
-which the scheduler parks them in ``no-worker``, and because a pin is
-cleared once its task has run (a lost result is then recomputed anywhere).
+the plan avoids. Hard pins switch off Dask's own answers to a slow worker or
+a new one (the queue, stealing), so the plugin answers them itself: it
+re-homes pins whenever a worker leaves (``remove_worker``), in the same
+event-loop tick in which the scheduler parks them in ``no-worker``; it moves
+unstarted units to workers that run out of work (``rebalance``); and a pin
+is cleared once its task has run (a lost result is then recomputed anywhere).
 
 *Pinned roots are admitted, not pushed* (option ``admission``). Dask's
 queuing holds root tasks on the scheduler and hands them out as threads free
@@ -23,8 +26,15 @@ roots at once runs ahead of their consumers and fills its memory. So the
 plugin keeps its own queue per worker: pinned roots wait in ``no-worker``,
 restricted to a placeholder address no worker has, and are released in
 priority order whenever their worker has fewer tasks processing than
-``worker-saturation`` allows, the same rule Dask's queue uses. A periodic
-check releases them even if no transition prompts it.
+``worker-saturation`` allows, the same rule Dask's queue uses. Held roots
+are also what makes the plan elastic: a unit whose root has not been
+released has not started, and can move to another worker's queue.
+
+*State lives on the scheduler, not in the plugin object.* Queues, runs and
+history hang off the scheduler (``scheduler._autorestrictor``), so a plugin
+registered again (a notebook cell run twice) takes over what the old one
+left. If the plugin is unregistered, its periodic check notices and hands
+every held and pinned task back to Dask.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import heapq
 import logging
 import math
 from collections import defaultdict, deque
-from time import perf_counter, time
+from time import monotonic, perf_counter, time
 from typing import Any
 
 import dask.config
@@ -43,7 +53,17 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
 from autorestrictor.config import Options
+
+try:  # P2P's barrier task; its module is private, so a rename must not break us
+    from distributed.shuffle._core import P2PBarrierTask as _P2PBarrierTask
+except ImportError:  # pragma: no cover - depends on the distributed release
+    _P2PBarrierTask = None
+    logging.getLogger("autorestrictor").info(
+        "distributed.shuffle._core.P2PBarrierTask not found: P2P barriers are "
+        "recognised by their key prefix 'shuffle-barrier-'"
+    )
 from autorestrictor.planner import Plan, plan
+from autorestrictor.rebalance import Run, rebalance
 
 logger = logging.getLogger("autorestrictor")
 
@@ -55,6 +75,47 @@ HOLD = "autorestrictor://held"
 
 #: Task states in which a pin still matters: the task has not run yet.
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
+
+#: Weight of the newest task in a worker's pace (an exponential average).
+#: A fifth: after a dozen tasks a worker that became three times slower is
+#: seen as more than twice slower; one odd task moves the pace by at most 20%.
+_PACE_WEIGHT = 0.2
+
+
+@dataclasses.dataclass(eq=False)
+class Unit:
+    """A task that starts a chain of work on its worker, and the tasks that follow it.
+
+    ``keys[0]`` is the first task; if it is a held root, the unit has not
+    started and can move whole to another worker.
+    """
+
+    keys: list
+    piece: int
+    priority: tuple
+
+    @property
+    def cost(self) -> float:
+        """Work in tasks: the rebalancer weighs workers by their observed pace instead."""
+        return float(len(self.keys))
+
+
+class State:
+    """What the plugin keeps on the scheduler; any instance of the plugin adopts it."""
+
+    def __init__(self, history: int):
+        self.runs: dict[str, list[Unit]] = defaultdict(list)  # worker -> units, in order
+        self.held: dict[str, list] = defaultdict(list)  # worker -> heap of (priority, key)
+        self.held_at: dict = {}  # key -> the queue that currently owns it
+        self.pace: dict[str, float] = {}  # worker -> observed pace (1.0: average)
+        self.prefix_mean: dict[str, tuple[float, int]] = {}  # prefix -> (seconds, count)
+        self.history: deque[dict] = deque(maxlen=history)  # plans
+        self.moves: deque[dict] = deque(maxlen=history)  # rebalancing moves
+        self.n_plans = 0
+        self.n_pieces = 0
+        self.last_rebalance = -math.inf
+        self.unavailable: dict[str, float] = {}  # paused or closing worker -> since
+        self.faults: set[str] = set()  # hooks that raised (each logged once)
 
 
 class AutoRestrictor(SchedulerPlugin):
@@ -81,16 +142,27 @@ class AutoRestrictor(SchedulerPlugin):
 
     def __init__(self, **options: Any):
         self.options = Options.from_config(**options)
-        self.history: deque[dict] = deque(maxlen=self.options.history)
-        # worker address -> pieces (lists of keys) this plugin pinned there
-        self.pieces: dict[str, list[list]] = defaultdict(list)
-        # worker address -> heap of (priority, key) of roots waiting for a slot
-        self.held: dict[str, list] = defaultdict(list)
-        self._held_at: dict = {}  # key -> the queue that currently owns it
+        self.state = State(self.options.history)
         self.scheduler = None
-        self._n_plans = 0
         self._release_soon = False
         self._admission = self.options.admission
+
+    # Views of the shared state, for tests and users.
+    @property
+    def history(self) -> deque:
+        return self.state.history
+
+    @property
+    def moves(self) -> deque:
+        return self.state.moves
+
+    @property
+    def runs(self) -> dict[str, list[Unit]]:
+        return self.state.runs
+
+    @property
+    def held(self) -> dict[str, list]:
+        return self.state.held
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -104,26 +176,65 @@ class AutoRestrictor(SchedulerPlugin):
         from autorestrictor.http import add_routes
 
         add_routes(scheduler)
-        if self._admission and dask.config.get("distributed.scheduler.no-workers-timeout", None):
+        previous = getattr(scheduler, "_autorestrictor", None)
+        if previous is not None:  # registered again: take over the old instance's work
+            previous.history = deque(previous.history, maxlen=self.options.history)
+            previous.moves = deque(previous.moves, maxlen=self.options.history)
+            self.state = previous
+        scheduler._autorestrictor = self.state
+        if self._admission and getattr(scheduler, "no_workers_timeout", None):
             # Held roots sit in no-worker; a timeout there would fail them.
             self._admission = False
             logger.info("admission off: distributed.scheduler.no-workers-timeout is set")
         if self._admission and math.isinf(self._saturation()):
             self._admission = False
             logger.info("admission off: worker-saturation is inf (queuing disabled)")
-        previous = scheduler.periodic_callbacks.get("autorestrictor-release")
-        if previous is not None:  # a plugin registered again replaces the old one
-            previous.stop()
-        pc = PeriodicCallback(self._release_all, 500)
+        old = scheduler.periodic_callbacks.get("autorestrictor-release")
+        if old is not None:  # a plugin registered again replaces the old one's check
+            old.stop()
+        pc = PeriodicCallback(self._tick, self.options.check_interval * 1000)
         scheduler.periodic_callbacks["autorestrictor-release"] = pc
         if getattr(scheduler, "status", None) is not None and scheduler.status.name == "running":
             pc.start()
 
     def restart(self, scheduler) -> None:
         # Every task is forgotten on restart; so are our pins.
-        self.pieces.clear()
-        self.held.clear()
-        self._held_at.clear()
+        self.state.runs.clear()
+        self.state.held.clear()
+        self.state.held_at.clear()
+
+    def _tick(self) -> None:
+        """The periodic check: release held roots, rebalance, or hand back if removed."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            return
+        current = scheduler.plugins.get(self.name)
+        if not isinstance(current, AutoRestrictor):
+            self._hand_back("the plugin was unregistered")
+            return
+        try:
+            self._sweep()
+            self._check_unavailable()
+        except Exception as e:
+            self._fault("periodic check", e, hand_back=True)
+            return
+        self._release_all()
+
+    def _hand_back(self, why: str) -> None:
+        """Stop, and give every held or pinned task back to Dask."""
+        scheduler = self.scheduler
+        pc = scheduler.periodic_callbacks.pop("autorestrictor-release", None)
+        if pc is not None:
+            pc.stop()
+        st = self.state
+        keys = {k: None for units in st.runs.values() for u in units for k in u.keys}
+        keys.update(dict.fromkeys(st.held_at))
+        st.runs.clear()
+        st.held.clear()
+        st.held_at.clear()
+        if getattr(scheduler, "_autorestrictor", None) is st:
+            del scheduler._autorestrictor
+        self._unpin(scheduler, list(keys), why)
 
     # -- graphs --------------------------------------------------------------
 
@@ -143,7 +254,7 @@ class AutoRestrictor(SchedulerPlugin):
         if not self.options.enabled:
             return
         start = perf_counter()
-        self._n_plans += 1
+        self.state.n_plans += 1
         try:
             p = self._plan(scheduler, tasks, annotations)
         except Exception as e:  # the planner must never break a computation
@@ -171,7 +282,10 @@ class AutoRestrictor(SchedulerPlugin):
 
         Touched tasks that must not move (already placed, restricted by the
         user or by P2P, actors, opted out, no longer ``released``) stay in
-        the graph so its shape is right, as located or skipped nodes.
+        the graph so its shape is right, as located or skipped nodes. Each
+        task's cost is its prefix's expected duration, and each worker's
+        pinned work still waiting is passed as ``busy``, so that graphs
+        submitted together spread over the cluster.
         """
         tasks = scheduler.tasks
         opted_out = annotations.get("autorestrict", {})
@@ -187,12 +301,15 @@ class AutoRestrictor(SchedulerPlugin):
         nbytes: dict = {}
         priority: dict = {}
         who_has: dict = {}
+        cost: dict = {}
         skip: list = []
+        expected = self._expected
         for key in keys:
             ts = tasks.get(key)
             if ts is None:
                 continue
             dependencies[key] = [dts.key for dts in ts.dependencies]
+            cost[key] = expected(ts)
             if ts.priority is not None:
                 priority[key] = ts.priority[-1]
             if ts.nbytes >= 0:
@@ -208,9 +325,10 @@ class AutoRestrictor(SchedulerPlugin):
                     who_has[dts.key] = [ws.address for ws in dts.who_has]
                     nbytes[dts.key] = dts.get_nbytes()
         workers = {ws.address: ws.nthreads for ws in scheduler.running}
+        busy = {a: self._waiting_work(a) for a in workers}
         return plan(
-            dependencies, workers, nbytes=nbytes, priority=priority,
-            who_has=who_has, skip=skip, **dataclasses.asdict(self.options),
+            dependencies, workers, nbytes=nbytes, priority=priority, who_has=who_has,
+            skip=skip, cost=cost, busy=busy, **dataclasses.asdict(self.options),
         )
 
     def _apply(self, scheduler, p: Plan) -> None:
@@ -247,32 +365,49 @@ class AutoRestrictor(SchedulerPlugin):
             raise
         for w, ts in held:
             self._hold(p.workers[w], ts)
-        # Forget finished pieces before adding this plan's, which are all
+        # Forget finished units before adding this plan's, which are all
         # pending: pruning them too would walk the new graph a second time on
         # the event loop.
         self._prune()
-        # pieces: runs of keys with one piece number (the plan lists a piece's
-        # keys together, in order)
-        order = np.argsort(p.piece_of, kind="stable")
-        cuts = np.flatnonzero(np.diff(p.piece_of[order])) + 1
-        keys = p.keys
-        for run in np.split(order, cuts):
-            self.pieces[p.workers[p.worker_of[run[0]]]].append(
-                list(map(keys.__getitem__, run.tolist()))
-            )
+        self._add_units(p)
         if held:
             self._schedule_release()
+
+    def _add_units(self, p: Plan) -> None:
+        """Record the plan's units in each worker's run, in priority order."""
+        tasks = self.scheduler.tasks
+        keys = p.keys
+        order = np.argsort(p.units, kind="stable")
+        cuts = np.flatnonzero(np.diff(p.units[order])) + 1
+        base = self.state.n_pieces
+        self.state.n_pieces += int(p.piece_of.max()) + 1 if len(p.piece_of) else 0
+        new: dict[str, list[Unit]] = defaultdict(list)
+        for run in np.split(order, cuts):
+            head = int(p.units[run[0]])
+            members = [keys[head]] + [keys[i] for i in run.tolist() if i != head]
+            unit = Unit(members, base + int(p.piece_of[head]), tasks[keys[head]].priority)
+            new[p.workers[p.worker_of[head]]].append(unit)
+        for addr, units in new.items():
+            units.sort(key=_by_priority)
+            self.state.runs[addr].extend(units)
 
     # -- admission -----------------------------------------------------------
 
     def _hold(self, addr: str, ts) -> None:
         """Queue a held root for ``addr``; a later queue for the same key wins."""
-        heapq.heappush(self.held[addr], (ts.priority, ts.key))
-        self._held_at[ts.key] = addr
+        heapq.heappush(self.state.held[addr], (ts.priority, ts.key))
+        self.state.held_at[ts.key] = addr
 
     def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if start != "processing":
+            return
+        if finish == "memory":
+            try:
+                self._observe(key, kwargs)
+            except Exception as e:
+                self._fault("transition", e)
         # A task leaving "processing" frees a slot on its worker.
-        if start == "processing" and self.held:
+        if self.state.held or self.state.runs:
             self._schedule_release()
 
     def _schedule_release(self) -> None:
@@ -286,32 +421,44 @@ class AutoRestrictor(SchedulerPlugin):
             s = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
         return float(s)
 
+    def _free_slots(self, ws, saturation: float, queued: int) -> int:
+        if math.isinf(saturation):
+            return queued
+        busy = len(ws.processing) - len(ws.long_running)
+        return max(math.ceil(saturation * ws.nthreads), 1) - busy
+
     def _release_all(self) -> None:
         """Send held roots to their workers, as many as each has free slots."""
         self._release_soon = False
+        if self.scheduler is None:
+            return
+        try:
+            self._maybe_rebalance()
+            self._release()
+        except Exception as e:
+            self._fault("release", e, hand_back=True)
+
+    def _release(self) -> None:
         scheduler = self.scheduler
-        if scheduler is None or not self.held:
+        st = self.state
+        if not st.held:
             return
         saturation = self._saturation()
         recs: dict = {}
         tasks = scheduler.tasks
         hold = {HOLD}
-        for addr in list(self.held):
-            heap = self.held[addr]
+        for addr in list(st.held):
+            heap = st.held[addr]
             ws = scheduler.workers.get(addr)
             if ws is None or ws not in scheduler.running:
                 continue
-            if math.isinf(saturation):
-                free = len(heap)
-            else:
-                busy = len(ws.processing) - len(ws.long_running)
-                free = max(math.ceil(saturation * ws.nthreads), 1) - busy
+            free = self._free_slots(ws, saturation, len(heap))
             pin = {addr}
             while heap and free > 0:
                 _, key = heapq.heappop(heap)
-                if self._held_at.get(key) != addr:
+                if st.held_at.get(key) != addr:
                     continue  # moved to another worker's queue
-                del self._held_at[key]
+                del st.held_at[key]
                 ts = tasks.get(key)
                 if ts is None or ts.worker_restrictions != hold:
                     continue  # cancelled or forgotten meanwhile
@@ -320,101 +467,269 @@ class AutoRestrictor(SchedulerPlugin):
                     recs[key] = "processing"
                     free -= 1
             if not heap:
-                del self.held[addr]
+                del st.held[addr]
         if recs:
             scheduler.transitions(recs, f"autorestrictor-release-{time()}")
+
+    # -- rebalancing ---------------------------------------------------------
+
+    def _observe(self, key, kwargs: dict) -> None:
+        """Learn each worker's pace from the compute time of a finished task."""
+        worker = kwargs.get("worker")
+        ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+        if worker is None or ts is None or ts.prefix is None:
+            return
+        took = sum(
+            ss["stop"] - ss["start"]
+            for ss in kwargs.get("startstops") or ()
+            if ss.get("action") == "compute"
+        )
+        if took <= 0:
+            return
+        st = self.state
+        name = ts.prefix.name
+        mean, n = st.prefix_mean.get(name, (took, 0))
+        n = min(n + 1, 100)  # a running mean that keeps following a drift
+        mean += (took - mean) / n
+        st.prefix_mean[name] = (mean, n)
+        pace = mean / took
+        old = st.pace.get(worker)
+        st.pace[worker] = pace if old is None else old + _PACE_WEIGHT * (pace - old)
+
+    def _expected(self, ts) -> float:
+        """Expected compute seconds of a task: its prefix's average so far."""
+        prefix = ts.prefix
+        if prefix is not None:
+            mean = self.state.prefix_mean.get(prefix.name)
+            if mean is not None:
+                return mean[0]
+            if prefix.duration_average > 0:
+                return prefix.duration_average
+        return float(getattr(self.scheduler, "UNKNOWN_TASK_DURATION", 0.5))
+
+    def _movable(self, addr: str) -> list[Unit]:
+        """The units of ``addr``'s run that have not started (root still held there)."""
+        held_at = self.state.held_at
+        return [u for u in self.state.runs.get(addr, ()) if held_at.get(u.keys[0]) == addr]
+
+    def _task_seconds(self) -> float:
+        """A typical task's compute seconds so far (the unknown-task default at first)."""
+        means = [m for m, _ in self.state.prefix_mean.values()]
+        if means:
+            return sum(means) / len(means)
+        return float(getattr(self.scheduler, "UNKNOWN_TASK_DURATION", 0.5))
+
+    def _waiting_work(self, addr: str) -> float:
+        """Expected seconds of pinned work not yet done on ``addr`` (for the next plan).
+
+        Counts every task of the units still in its run, started or not: a
+        chain whose root has run still has the rest of the chain to run.
+        """
+        return self._task_seconds() * sum(u.cost for u in self.state.runs.get(addr, ()))
+
+    def _speed(self, ws) -> float:
+        known = sorted(self.state.pace.values())
+        default = known[len(known) // 2] if known else 1.0
+        return max(self.state.pace.get(ws.address, default), 1e-3) * ws.nthreads
+
+    def _maybe_rebalance(self, force: bool = False) -> None:
+        """Let workers that ran out of unstarted units take the far end of others' runs."""
+        st = self.state
+        if not (self.options.rebalance and self._admission and st.runs):
+            return
+        now = monotonic()
+        if not force and now - st.last_rebalance < self.options.rebalance_interval:
+            return
+        running = list(self.scheduler.running)
+        movable = {ws.address: self._movable(ws.address) for ws in running}
+        idle = [a for a, m in movable.items() if not m]
+        if not idle or not any(len(m) > 1 for m in movable.values()):
+            return
+        st.last_rebalance = now
+        runs = {
+            ws.address: Run(
+                units=[u.cost for u in movable[ws.address]],
+                pieces=[u.piece for u in movable[ws.address]],
+                started=float(len(ws.processing)),
+                speed=self._speed(ws),
+            )
+            for ws in running
+        }
+        costs = [u.cost for m in movable.values() for u in m]
+        # Worth a seam only if it saves a unit's work and rebalance-min-gain seconds.
+        min_gain = max(sum(costs) / len(costs),
+                       self.options.rebalance_min_gain / self._task_seconds())
+        moves = rebalance(runs, idle=idle, min_gain=min_gain)
+        for mv in moves:
+            self._move(movable[mv.donor][mv.start : mv.start + mv.count], mv.donor, mv.thief)
+            self._record_rebalance(mv.donor, mv.thief, movable[mv.donor][mv.start:][: mv.count])
+        if moves:
+            self._schedule_release()
+
+    def _move(self, units: list[Unit], donor: str, thief: str) -> None:
+        """Move unstarted units: their roots change queue, the rest change pin."""
+        tasks = self.scheduler.tasks
+        pin = {thief}
+        for u in units:
+            root = tasks.get(u.keys[0])
+            if root is not None:
+                self._hold(thief, root)
+            for k in u.keys[1:]:
+                ts = tasks.get(k)
+                if ts is not None and ts.worker_restrictions == {donor}:
+                    ts.worker_restrictions = pin
+        gone = set(map(id, units))
+        st = self.state
+        st.runs[donor] = [u for u in st.runs[donor] if id(u) not in gone]
+        st.runs[thief].extend(units)
+        st.runs[thief].sort(key=_by_priority)
+
+    def _record_rebalance(self, donor: str, thief: str, units: list[Unit]) -> None:
+        n = sum(len(u.keys) for u in units)
+        pace = self.state.pace
+        msg = {
+            "action": "rebalance", "from": donor, "to": thief, "tasks": n,
+            "units": len(units),
+            "why": f"{thief} ran out of unstarted work; {donor} would finish last "
+                   f"(pace {pace.get(donor, 1.0):.2f} vs {pace.get(thief, 1.0):.2f})",
+            "time": time(),
+        }
+        self.state.moves.append(msg)
+        self.scheduler.log_event(TOPIC, msg)
+        logger.debug("rebalance: %d task(s) in %d unit(s) from %s to %s",
+                     n, len(units), donor, thief)
 
     # -- workers -------------------------------------------------------------
 
     def remove_worker(self, scheduler, worker: str, *, stimulus_id: str, **kwargs: Any) -> None:
-        """Move the pending pieces of a departed worker onto the survivors.
+        """Move the pending units of a departed worker onto the survivors.
 
         Runs after the scheduler has released the worker's tasks; the ones
-        pinned to it sit in ``no-worker``. Each piece goes whole to the
-        survivor with the least pinned work per thread; whatever is runnable
-        is sent to it at once, held roots join its queue.
+        pinned to it sit in ``no-worker``.
         """
         self._attach(scheduler)
-        pieces = self.pieces.pop(worker, [])
-        for _, key in self.held.pop(worker, ()):
-            if self._held_at.get(key) == worker:
-                del self._held_at[key]
-        live = [keys for keys in (self._pending(scheduler, k, worker) for k in pieces) if keys]
+        try:
+            self._rehome(worker, stimulus_id, f"worker {worker} left")
+        except Exception as e:
+            self._fault("remove_worker", e)
+            self._sweep()  # whatever is still pinned to the gone worker
+
+    def _rehome(self, worker: str, stimulus_id: str, why: str) -> None:
+        """Move ``worker``'s pending units to the survivors, each piece whole.
+
+        A piece goes to the running worker with the least pinned work per
+        thread; roots join its admission queue, the rest is sent to it once
+        its inputs exist. Tasks already sent to ``worker`` stay there.
+        """
+        scheduler = self.scheduler
+        st = self.state
+        st.unavailable.pop(worker, None)
+        units = st.runs.pop(worker, [])
+        for _, key in st.held.pop(worker, ()):
+            if st.held_at.get(key) == worker:
+                del st.held_at[key]
+        live = [u for u in units if self._pending(scheduler, u.keys, worker)]
         if not live:
             return
         running = list(scheduler.running)
         if not running:
             # No worker at all: nothing can run anyway. Unpin, so the
             # scheduler treats these tasks like any other when workers come.
-            self._unpin(scheduler, [k for keys in live for k in keys], "no running worker left")
+            self._unpin(scheduler, [k for u in live for k in u.keys], "no running worker left")
             return
-        heap = [(self._pinned_load(ws.address) / ws.nthreads, ws.address, ws.nthreads)
+        pieces: dict[int, list[Unit]] = defaultdict(list)
+        for u in live:
+            pieces[u.piece].append(u)
+        heap = [(self._waiting_work(ws.address) / ws.nthreads, ws.address, ws.nthreads)
                 for ws in running]
         heapq.heapify(heap)
-        moved = 0
         recs: dict = {}
-        for keys in sorted(live, key=len, reverse=True):
+        for piece in sorted(pieces.values(), key=lambda us: -sum(u.cost for u in us)):
             load, addr, nthreads = heapq.heappop(heap)
-            self._repin(scheduler, keys, addr, recs)
-            self.pieces[addr].append(keys)
-            moved += len(keys)
-            heapq.heappush(heap, (load + len(keys) / nthreads, addr, nthreads))
+            for u in piece:
+                self._repin(scheduler, u.keys, addr, recs)
+            st.runs[addr].extend(piece)
+            st.runs[addr].sort(key=_by_priority)
+            heapq.heappush(heap, (load + sum(u.cost for u in piece) / nthreads, addr, nthreads))
         scheduler.transitions(recs, stimulus_id)
         self._schedule_release()
-        msg = {"action": "worker-removed", "worker": worker, "pieces": len(live), "tasks": moved}
+        moved = sum(len(u.keys) for u in live)
+        msg = {"action": "rehomed", "worker": worker, "pieces": len(pieces),
+               "tasks": moved, "why": why}
         scheduler.log_event(TOPIC, msg)
-        logger.info("worker %s left: %d pinned task(s) in %d piece(s) moved to %d survivor(s)",
-                    worker, moved, len(live), len(running))
+        logger.info("%s: %d pinned task(s) in %d piece(s) moved to %d other worker(s)",
+                    why, moved, len(pieces), len(running))
 
     def add_worker(self, scheduler, worker: str) -> None:
-        """Give a new worker its share of the pieces that have not started.
-
-        Pieces are taken whole, from the most loaded workers first. Held
-        roots change queue, tasks not yet sent are re-pinned, and roots
-        already sent but not running are asked back through the
-        work-stealing extension, which moves them only if the old worker has
-        not started them.
-        """
+        """A joining worker is an idle worker: it takes the far end of the busiest runs."""
         self._attach(scheduler)
-        ws_new = scheduler.workers.get(worker)
-        if ws_new is None or not self.pieces:
+        if not self.state.runs:
             return
-        self._prune()
-        total_threads = sum(ws.nthreads for ws in scheduler.running) or 1
-        movable: list[tuple[int, str, list]] = []
-        for addr, pieces in self.pieces.items():
-            for keys in pieces:
-                if self._unstarted(scheduler, keys, addr):
-                    movable.append((len(keys), addr, keys))
-        load = {a: self._pinned_load(a) for a in self.pieces}
-        want = sum(load.values()) * ws_new.nthreads / total_threads
-        if not movable or want <= 0:
-            return
-        stealing = scheduler.extensions.get("stealing")
-        taken = 0
-        recs: dict = {}
-        # The most loaded workers give first, their largest pieces first.
-        for n, addr, keys in sorted(movable, key=lambda m: (-load[m[1]], -m[0])):
-            if taken + n / 2 > want:
-                break
-            if max(load[addr] - n, taken + n) >= load[addr]:
-                continue  # moving this piece would not even out donor and newcomer
-            self.pieces[addr].remove(keys)
-            self.pieces[worker].append(keys)
-            self._repin(scheduler, keys, worker, recs, stealing=stealing)
-            load[addr] -= n
-            taken += n
-        if taken:
-            scheduler.transitions(recs, f"autorestrictor-add-worker-{time()}")
-            self._schedule_release()
-            scheduler.log_event(TOPIC, {"action": "worker-added", "worker": worker, "tasks": taken})
-            logger.info("worker %s joined: %d unstarted pinned task(s) moved to it", worker, taken)
+        try:
+            self._prune()
+            self._maybe_rebalance(force=True)
+        except Exception as e:
+            self._fault("add_worker", e)
+
+    # -- safety nets ---------------------------------------------------------
+
+    def _fault(self, where: str, e: BaseException, hand_back: bool = False) -> None:
+        """A hook raised: say so once, and never leave a task stranded."""
+        st = self.state
+        if where not in st.faults:
+            st.faults.add(where)
+            logger.warning("autorestrictor: %s failed; %s", where,
+                           "handing every pin back to Dask" if hand_back else "carrying on",
+                           exc_info=e)
+        if self.scheduler is not None:
+            self.scheduler.log_event(TOPIC, {"action": "fault", "where": where,
+                                             "error": repr(e), "hand_back": hand_back})
+        if hand_back:
+            self._hand_back(f"{where} failed: {e!r}")
+
+    def _sweep(self) -> None:
+        """Re-home pins to workers that are gone, and give orphaned held roots to Dask.
+
+        Nothing should be left this way; this catches what a failed hook left.
+        """
+        scheduler, st = self.scheduler, self.state
+        for addr in [a for a in (st.runs.keys() | st.held.keys()) if a not in scheduler.workers]:
+            self._rehome(addr, f"autorestrictor-sweep-{time()}", f"worker {addr} is gone")
+        hold = {HOLD}
+        orphans = [ts.key for ts in scheduler.unrunnable
+                   if ts.worker_restrictions == hold and ts.key not in st.held_at]
+        if orphans:
+            self._unpin(scheduler, orphans, "held roots no queue owns")
+
+    def _check_unavailable(self) -> None:
+        """Pinned work of a paused or closing worker moves after ``paused-timeout``.
+
+        A paused worker keeps its results and may resume; until it does, the
+        units pinned to it would wait, and consumers that would free its
+        memory cannot run anywhere else. Never later than half of the
+        scheduler's ``no-workers-timeout``, so no pinned task reaches it.
+        """
+        scheduler, st = self.scheduler, self.state
+        wait = self.options.paused_timeout
+        limit = getattr(scheduler, "no_workers_timeout", None)
+        if limit:
+            wait = min(wait, limit / 2)
+        now = monotonic()
+        for addr in list(st.runs.keys() | st.held.keys()):
+            ws = scheduler.workers.get(addr)
+            if ws is None or ws in scheduler.running:
+                st.unavailable.pop(addr, None)
+                continue
+            since = st.unavailable.setdefault(addr, now)
+            if now - since >= wait:
+                self._rehome(addr, f"autorestrictor-unavailable-{time()}",
+                             f"worker {addr} is {ws.status.name} for {now - since:.1f} s")
 
     # -- helpers -------------------------------------------------------------
 
     @staticmethod
     def _pending(scheduler, keys: list, addr: str) -> list:
-        """The keys of a piece still pinned by us (to ``addr`` or held) and not yet run."""
+        """The keys of a unit still pinned by us (to ``addr`` or held) and not yet run."""
         tasks = scheduler.tasks
         mine = ({addr}, {HOLD})
         out = []
@@ -424,93 +739,82 @@ class AutoRestrictor(SchedulerPlugin):
                 out.append(k)
         return out
 
-    @staticmethod
-    def _unstarted(scheduler, keys: list, addr: str) -> bool:
+    def _repin(self, scheduler, keys: list, addr: str, recs: dict) -> None:
+        """Pin ``keys`` to ``addr``; roots join its admission queue."""
         tasks = scheduler.tasks
-        mine = ({addr}, {HOLD})
+        pin = {addr}
         for k in keys:
             ts = tasks.get(k)
-            if ts is None or ts.state not in _PENDING or ts.worker_restrictions not in mine:
-                return False
-            if ts.state == "processing" and ts.dependencies:
-                # Non-root tasks are sent once their inputs exist: the piece has started.
-                return False
-        return True
-
-    def _pinned_load(self, addr: str) -> int:
-        return sum(len(keys) for keys in self.pieces.get(addr, ()))
-
-    def _repin(self, scheduler, keys: list, addr: str, recs: dict, stealing=None) -> None:
-        tasks = scheduler.tasks
-        thief = scheduler.workers[addr]
-        for k in keys:
-            ts = tasks.get(k)
-            if ts is None:
-                continue
-            if ts.worker_restrictions == {HOLD}:
+            if ts is None or ts.state not in _PENDING or ts.state == "processing":
+                continue  # done, or already sent: it stays where it is
+            if ts.worker_restrictions == {HOLD} or (
+                self._admission and not ts.dependencies and ts.state == "no-worker"
+            ):
+                # A root the departed worker held or was running: it waits
+                # for a free thread on its new worker like any held root.
+                ts.worker_restrictions = {HOLD}
                 self._hold(addr, ts)
                 continue
-            ts.worker_restrictions = {addr}
+            ts.worker_restrictions = pin
             ts.loose_restrictions = False
             if ts.state == "no-worker":
                 recs[k] = "processing"
-            elif ts.state == "processing" and ts.processing_on is not thief:
-                if stealing is not None:
-                    stealing.move_task_request(ts, ts.processing_on, thief)
-                else:
-                    # Without the stealing extension a sent task stays where it
-                    # is; unpin it so it is not bound to two workers' fates.
-                    ts.worker_restrictions = set()
 
     def _unpin(self, scheduler, keys: list, why: str) -> None:
         # Unpinned tasks in no-worker are picked up by the scheduler as soon
         # as any worker arrives (bulk_schedule_unrunnable_after_adding_worker).
+        recs = {}
         for k in keys:
-            self._held_at.pop(k, None)
+            self.state.held_at.pop(k, None)
             ts = scheduler.tasks.get(k)
             if ts is not None:
                 ts.worker_restrictions = set()
+                if ts.state == "no-worker" and scheduler.running:
+                    recs[k] = "processing"
+        if recs:
+            scheduler.transitions(recs, f"autorestrictor-unpin-{time()}")
         logger.info("unpinned %d task(s): %s", len(keys), why)
         scheduler.log_event(TOPIC, {"action": "unpinned", "tasks": len(keys), "reason": why})
 
     def _prune(self) -> None:
-        """Forget pieces whose tasks have all run, so state stays bounded.
+        """Forget units whose tasks have all run, so state stays bounded.
 
         A pin lasts until its task has run: the restrictions of a forgotten
-        piece are cleared, so if one of its results is lost later and must be
+        unit are cleared, so if one of its results is lost later and must be
         recomputed, Dask places it freely instead of waiting for a worker
         that may be gone.
         """
         if self.scheduler is None:
             return
         tasks = self.scheduler.tasks
-        for addr in list(self.pieces):
+        runs = self.state.runs
+        for addr in list(runs):
             live = []
-            for keys in self.pieces[addr]:
-                if self._pending(self.scheduler, keys, addr):
-                    live.append(keys)
+            for u in runs[addr]:
+                if self._pending(self.scheduler, u.keys, addr):
+                    live.append(u)
                     continue
-                for k in keys:
+                for k in u.keys:
                     ts = tasks.get(k)
                     if ts is not None and ts.worker_restrictions == {addr}:
                         ts.worker_restrictions = set()
             if live:
-                self.pieces[addr] = live
+                runs[addr] = live
             else:
-                del self.pieces[addr]
+                del runs[addr]
 
     def _record(
         self, record: dict, start: float, level: int = logging.INFO, exc_info=None
     ) -> None:
         """Keep, publish (event) and log, once, what happened to a graph."""
         record = {
-            "id": self._n_plans,
+            "id": self.state.n_plans,
             "time": time(),
             **record,
             "total_s": perf_counter() - start,
         }
         record.setdefault("plan_s", record["total_s"])
-        self.history.append(record)
+        self.state.history.append(record)
         if self.scheduler is not None:
             self.scheduler.log_event(TOPIC, {"action": "plan", **record})
         if record.get("reason") is None:
@@ -527,15 +831,36 @@ class AutoRestrictor(SchedulerPlugin):
                        record.get("n_tasks"), record["reason"], exc_info=exc_info)
 
 
+def _by_priority(u: Unit):
+    return u.priority or ()
+
+
 def _by_type_then_value(key):
     # Dask graphs mix tuple keys (chunks) with a few string keys (finalize).
     return type(key).__name__, key
+
+
+def _is_p2p_barrier(ts) -> bool:
+    if _P2PBarrierTask is not None:
+        return isinstance(ts.run_spec, _P2PBarrierTask)
+    return isinstance(ts.key, str) and ts.key.startswith("shuffle-barrier-")
+
+
+def _p2p(ts) -> bool:
+    """A P2P barrier or output: P2P picks their workers itself, at run time.
+
+    P2P reads the barrier's ``worker_restrictions`` to choose the workers
+    that take part, and pins each output where its partition is; a pin of
+    ours on either would send every output to one worker.
+    """
+    return _is_p2p_barrier(ts) or any(_is_p2p_barrier(d) for d in ts.dependencies)
 
 
 def _free(ts, opted_out: dict) -> bool:
     """May the plugin pin this task?"""
     return (
         ts.state == "released"
+        and not _p2p(ts)
         and ts.run_spec is not None
         and not ts.actor
         and not ts.worker_restrictions

@@ -2,7 +2,8 @@
 
 Most tests feed fake rows and need no cluster. The last ones run real
 benchmarks on worker processes (``test_small_bench``: 2 workloads x 2 modes
-on 2 workers, about 15 s on 2 cores; the others a few workloads on 4).
+on 2 workers, about 15 s on 2 cores; ``test_elastic_workloads_report_per_worker``
+2 small elastic runs, about 10 s; the others a few workloads on 4).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import dask
 import numpy as np
 import pytest
 
-from autorestrictor.tools import bench
 from autorestrictor.__main__ import main as cli_main
+from autorestrictor.tools import bench
 from autorestrictor.tools.bench import ROW_KEYS, ChecksumMismatch, check_checksums, format_table
 from autorestrictor.tools.demo import format_side_by_side, plot_runs
-from autorestrictor.tools.workloads import WORKLOADS, checksum
+from autorestrictor.tools.workloads import ELASTIC_WORKLOADS, WORKLOADS, checksum
 
 
 def fake_row(workload="w", mode="default", repeat=0, **overrides):
@@ -60,6 +61,45 @@ def test_format_table_medians_and_ratios():
     assert "0.02x" in plugin  # bytes: 2 MB vs 100 MB
     assert "0.50x" in plugin  # wall: 1.5 s vs median 3 s, peak: 100 vs 200 MB
     assert "12.3" in plugin  # plan ms
+
+
+def test_format_table_notes_tasks_per_worker_of_elastic_workloads():
+    rows = [
+        fake_row("join-mid-run", "default", 0, tasks_per_worker={"w0": 60, "w1": 58, "w2": 44},
+                 joined_ran=44, joined_fair_share=40.0, joined_remaining=120),
+        fake_row("join-mid-run", "default", 1, tasks_per_worker={"w0": 62, "w1": 60, "w2": 40},
+                 joined_ran=40, joined_fair_share=38.0, joined_remaining=114),
+        fake_row("concurrent-graphs", "default", tasks_per_worker={"w0": 121, "w1": 121}),
+        fake_row("seed-sum", "default", tasks_per_worker={"w0": 200, "w1": 3}),
+    ]
+    lines = format_table(rows).splitlines()
+    notes = [line for line in lines if line.startswith("tasks per worker")]
+    assert notes == [
+        "tasks per worker, join-mid-run / default: w0=61 w1=59 w2=42; "
+        "joined ran 42 (fair share 39.0 of 117 remaining)",
+        "tasks per worker, concurrent-graphs / default: w0=121 w1=121",
+    ]
+    assert not any("seed-sum" in line for line in notes)  # not an elastic workload
+
+
+def test_join_summary_counts_tasks_started_after_the_join():
+    def rec(worker, start):
+        return {"worker": worker,
+                "startstops": [{"action": "transfer", "start": 0.0, "stop": start},
+                               {"action": "compute", "start": start, "stop": start + 0.1}]}
+
+    t0 = 100.0
+    stream = [rec("w0", 100.0), rec("w1", 100.5), rec("w0", 101.0), rec("w2", 101.2),
+              rec("w1", 101.5), rec("w2", 102.0)]
+    summary = bench._join_summary(stream, {"w2": 1.0}, n_start=2, t0=t0)
+    assert summary["joins"]["w2"] == {"at_s": 1.0, "ran": 2, "remaining": 4, "fair_share": 4 / 3}
+    assert summary["joined_ran"] == 2 and summary["joined_remaining"] == 4
+    # two joins: each fair share is against the 4 workers the cluster grew to
+    summary = bench._join_summary(stream, {"w3": 1.4, "w2": 1.0}, n_start=2, t0=t0)
+    assert summary["joins"]["w3"] == {"at_s": 1.4, "ran": 0, "remaining": 2, "fair_share": 0.5}
+    assert summary["joins"]["w2"]["fair_share"] == 1.0
+    assert summary["joined_ran"] == 2 and summary["joined_fair_share"] == 1.5
+    assert summary["joined_remaining"] == 4  # at the first join
 
 
 def test_format_table_without_default_mode():
@@ -142,8 +182,27 @@ def test_all_workloads_registered():
     assert set(WORKLOADS) == {
         "seed-sum", "a-plus-b", "anom-mean", "vorticity", "double-diff", "rechunk-swap",
         "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle", "chains",
+        *ELASTIC_WORKLOADS,
+    }
+    assert set(ELASTIC_WORKLOADS) == {
+        "slow-worker", "skewed-cost", "scale-up", "join-mid-run", "concurrent-graphs",
     }
     assert all(w.name == key and w.description for key, w in WORKLOADS.items())
+    assert all(WORKLOADS[name].workers for name in ELASTIC_WORKLOADS)
+    assert WORKLOADS["scale-up"].during and WORKLOADS["join-mid-run"].during
+    assert WORKLOADS["concurrent-graphs"].submit
+
+
+def test_run_bench_runs_all_workloads_by_default(monkeypatch):
+    seen = []
+
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None):
+        seen.append(workload)
+        return fake_row(workload, mode, repeat)
+
+    monkeypatch.setattr(bench, "run_one", fake_run_one)
+    bench.run_bench(modes=["default"], progress=False)
+    assert seen == list(WORKLOADS) and set(ELASTIC_WORKLOADS) <= set(seen)
 
 
 # --------------------------------------------------------------------------
@@ -197,6 +256,36 @@ def test_small_bench(tmp_path):
         assert default["plan_s"] == 0.0 and plugin["plan_s"] > 0
         assert default["bytes_moved"] > 0
         assert plugin["bytes_moved"] <= default["bytes_moved"] / 10, (workload, plugin, default)
+
+
+def test_elastic_workloads_report_per_worker():
+    """A worker joining mid-run, and two graphs at once, under Dask's default.
+
+    ``join-mid-run`` at scale 0.5: 2 workers, a third asked for 0.75 s in,
+    about 3 s of waiting on 2 workers; it joins within about 0.5 s and
+    Dask's work stealing hands it a share.  ``concurrent-graphs`` at 0.25:
+    4 chains of 60 tasks on 4 workers, all of them busy.
+    """
+    join = bench.run_one("join-mid-run", "default", workers=4, scale=0.5, timeout=120)
+    assert set(ROW_KEYS) <= set(join), set(ROW_KEYS) - set(join)
+    assert join["workers"] == 2  # the workload's own count wins over workers=4
+    assert set(join["tasks_per_worker"]) == {"w0", "w1", "w2"}
+    assert sum(join["tasks_per_worker"].values()) == join["tasks"] > 120
+    assert set(join["peak_memory_per_worker"]) == {"w0", "w1", "w2"}
+    assert list(join["events"]["joins"]) == ["w2"] and join["events"]["scaled_to"] == 3
+    assert 0 < join["joined_ran"] == join["tasks_per_worker"]["w2"]
+    assert 0 < join["joined_remaining"] < join["tasks"]
+    assert join["joined_fair_share"] == pytest.approx(join["joined_remaining"] / 3)
+    assert join["bytes_moved"] > 0
+
+    graphs = bench.run_one("concurrent-graphs", "default", workers=2, scale=0.25, timeout=120)
+    assert set(ROW_KEYS) <= set(graphs)
+    assert graphs["workers"] == 4 and "events" not in graphs
+    counts = graphs["tasks_per_worker"]
+    assert sum(counts.values()) == graphs["tasks"] == 2 * (2 * 60 + 1)
+    assert len(counts) == 4 and all(n > 0 for n in counts.values()), counts  # all busy
+    local = dask.compute(*WORKLOADS["concurrent-graphs"].build(0.25, None), scheduler="sync")
+    assert graphs["checksum"] == checksum(local)
 
 
 @pytest.mark.slow

@@ -15,6 +15,17 @@ Modes
     :class:`autorestrictor.AutoRestrictor` registered right after the client
     connects, before any work is submitted.
 
+Elastic workloads
+-----------------
+A workload may fix its own number of workers (``Workload.workers``, which
+overrides ``--workers``), change the cluster while it computes
+(``Workload.during``, run in a background thread; workers that join are
+added to the RSS sampler and to every per-worker figure) or submit its
+collections itself (``Workload.submit``, e.g. as two graphs at once).  Every
+row says how many tasks each worker computed (``tasks_per_worker``); rows of
+workloads whose workers joined mid-run also say what the newcomers ran
+(see :func:`_join_summary`).
+
 Python API: :func:`run_one`, :func:`run_bench`, :func:`format_table`,
 :func:`check_checksums`.  CLI: ``python -m autorestrictor bench``.
 """
@@ -33,8 +44,9 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +66,8 @@ ROW_KEYS = (
     "peak_memory_bytes",
     "peak_memory_per_worker",
     "max_share",
+    "tasks",
+    "tasks_per_worker",
     "plan_s",
     "checksum",
 )
@@ -97,29 +111,43 @@ class RssSampler:
         self.times: list[float] = []
         self.rss: dict[str, list[int]] = {label: [] for label in pids}
         self.peak: dict[str, int] = {label: 0 for label in pids}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def add(self, pids: dict[str, int]) -> None:
+        """Start watching more processes (workers that joined); labels already
+        watched are ignored.  Their earlier samples read 0."""
+        import psutil
+
+        with self._lock:
+            for label, pid in pids.items():
+                if label not in self.procs:
+                    self.procs[label] = psutil.Process(pid)
+                    self.rss[label] = [0] * len(self.times)
+                    self.peak[label] = 0
 
     def _sample(self) -> None:
         import psutil
 
-        now = time.time()
-        for label, proc in self.procs.items():
-            try:
-                rss = proc.memory_info().rss
-            except psutil.Error as exc:  # worker died: keep going, but say so
-                logger.warning("cannot sample RSS of worker %s: %s", label, exc)
-                rss = 0
-            self.rss[label].append(rss)
-            self.peak[label] = max(self.peak[label], rss)
-        self.times.append(now)
+        with self._lock:
+            now = time.time()
+            for label, proc in self.procs.items():
+                try:
+                    rss = proc.memory_info().rss
+                except psutil.Error as exc:  # worker died: keep going, but say so
+                    logger.warning("cannot sample RSS of worker %s: %s", label, exc)
+                    rss = 0
+                self.rss[label].append(rss)
+                self.peak[label] = max(self.peak[label], rss)
+            self.times.append(now)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             self._sample()
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._sample()
         self._thread.start()
         return self
@@ -164,8 +192,107 @@ def _compute_shares(stream: list[dict], workers: Iterable[str]) -> dict[str, flo
     return {w: b / total for w, b in busy.items()}
 
 
+def _task_counts(stream: list[dict], workers: Iterable[str]) -> dict[str, int]:
+    """Number of tasks each worker computed (one task stream record per task)."""
+    counts = {w: 0 for w in workers}
+    for rec in stream:
+        counts[rec["worker"]] = counts.get(rec["worker"], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _join_summary(
+    stream: list[dict], joins: dict[str, float], n_start: int, t0: float
+) -> dict[str, Any]:
+    """What the workers that joined mid-run ran, against a fair share of it.
+
+    A task *remained* when a worker joined if its computation started at or
+    after the moment the scheduler first listed that worker (task stream
+    times, on the same clock as ``t0``).  The worker's *fair share* is the
+    number of remaining tasks divided by the number of workers the cluster
+    grew to (``n_start`` plus all joined workers): with one worker joining a
+    cluster of 2, ``remaining / 3``.
+
+    Parameters
+    ----------
+    stream : list of dict
+        Task stream records, with worker names.
+    joins : dict
+        ``{worker name: seconds after t0 at which it joined}``.
+    n_start : int
+        Workers at the start.
+    t0 : float
+        ``time.time()`` at the start of the run.
+
+    Returns
+    -------
+    dict
+        ``joins``: ``{name: {"at_s", "ran", "remaining", "fair_share"}}``;
+        ``joined_ran`` and ``joined_fair_share``: sums over the joined
+        workers; ``joined_remaining``: tasks remaining at the first join.
+    """
+    starts = [
+        min(ss["start"] for ss in rec["startstops"] if ss["action"] == "compute") - t0
+        for rec in stream
+        if any(ss["action"] == "compute" for ss in rec["startstops"])
+    ]
+    counts = _task_counts(stream, joins)
+    first = min(joins, key=joins.get) if joins else None
+    per_worker: dict[str, dict[str, float]] = {}
+    for name, at in sorted(joins.items(), key=lambda kv: kv[1]):
+        remaining = sum(1 for start in starts if start >= at)
+        per_worker[name] = {
+            "at_s": at,
+            "ran": counts[name],
+            "remaining": remaining,
+            "fair_share": remaining / (n_start + len(joins)),
+        }
+    return {
+        "joins": per_worker,
+        "joined_ran": sum(j["ran"] for j in per_worker.values()),
+        "joined_fair_share": sum(j["fair_share"] for j in per_worker.values()),
+        "joined_remaining": per_worker[first]["remaining"] if per_worker else 0,
+    }
+
+
+class _During:
+    """Run a workload's ``during`` hook in a background thread.
+
+    After the hook returns, workers that joined meanwhile are added to the
+    RSS sampler.  :meth:`join` waits for the thread and re-raises its error.
+    """
+
+    def __init__(self, hook, client, cluster, t0: float, scale: float, sampler, names):
+        self.hook, self.client, self.cluster = hook, client, cluster
+        self.t0, self.scale, self.sampler, self.names = t0, scale, sampler, names
+        self.events: dict[str, Any] = {}
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bench-during", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.events = dict(self.hook(self.client, self.cluster, self.t0, self.scale) or {})
+            info = self.client.scheduler_info(n_workers=-1)["workers"]
+            new = {addr: f"w{info[addr]['name']}" for addr in info if addr not in self.names}
+            if new:
+                pids = self.client.run(os.getpid, workers=list(new))
+                self.sampler.add({new[addr]: pid for addr, pid in pids.items()})
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread
+            self.error = exc
+
+    def join(self, timeout: float | None = None) -> dict[str, Any]:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise BenchError(f"the workload's 'during' hook did not finish within {timeout} s")
+        if self.error is not None:
+            raise BenchError(f"the workload's 'during' hook failed: {self.error!r}") from (
+                self.error
+            )
+        return self.events
+
+
 def _plan_summary(client) -> dict[str, Any]:
-    """Planning time and step-back reasons recorded by the plugin."""
+    """Planning time and step-back reasons recorded by the plugin, and its moves."""
     import autorestrictor
 
     plans = autorestrictor.last_plans(client)
@@ -173,6 +300,7 @@ def _plan_summary(client) -> dict[str, Any]:
         "plan_s": float(sum(p["plan_s"] for p in plans)),
         "plans": len(plans),
         "plan_reasons": sorted({p["reason"] for p in plans if p.get("reason") is not None}),
+        "rebalances": len(autorestrictor.last_rebalances(client)),
     }
 
 
@@ -194,7 +322,8 @@ def measure(
     mode : str
         One of :data:`MODES`.
     workers : int
-        Number of single-threaded worker processes.
+        Number of single-threaded worker processes (the workload's own
+        ``workers``, if it has one, wins).
     scale : float
         Data size multiplier passed to the workload.
     details : bool
@@ -216,6 +345,8 @@ def measure(
         raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    spec = WORKLOADS[workload]
+    workers = spec.workers or workers
 
     config: dict[str, Any] = {
         # Keep every task of the run in the task stream.
@@ -243,33 +374,49 @@ def measure(
 
         with RssSampler(pids) as sampler, get_task_stream(client) as ts:
             t0 = time.time()
-            collections = WORKLOADS[workload].build(scale, client)
-            results = client.compute(collections, sync=True)
+            collections = spec.build(scale, client)
+            during = (
+                _During(spec.during, client, cluster, t0, scale, sampler, names)
+                if spec.during else None
+            )
+            if spec.submit is not None:
+                results = spec.submit(client, collections)
+            else:
+                results = client.compute(collections, sync=True)
             wall = time.time() - t0
+            events = during.join(timeout=300) if during else None
 
         after = client.run(_transfer_counters)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        names.update({addr: f"w{info[addr]['name']}" for addr in info})
         plans = _plan_summary(client) if mode == "autorestrictor" else {"plan_s": 0.0}
 
     stream = [
         {**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data
     ]
-    shares = _compute_shares(stream, pids)
+    shares = _compute_shares(stream, set(names.values()))
+    zero = (0, 0, 0.0)
     row: dict[str, Any] = {
         "workload": workload,
         "mode": mode,
         "workers": workers,
         "scale": scale,
         "wall_s": wall,
-        "bytes_moved": sum(after[a][0] - before[a][0] for a in after),
-        "transfers": sum(after[a][1] - before[a][1] for a in after),
-        "p2p_bytes": int(sum(after[a][2] - before[a][2] for a in after)),
+        "bytes_moved": sum(after[a][0] - before.get(a, zero)[0] for a in after),
+        "transfers": sum(after[a][1] - before.get(a, zero)[1] for a in after),
+        "p2p_bytes": int(sum(after[a][2] - before.get(a, zero)[2] for a in after)),
         "peak_memory_bytes": max(sampler.peak.values()),
         "peak_memory_per_worker": dict(sorted(sampler.peak.items())),
         "max_share": max(shares.values()),
         "tasks": len(stream),
+        "tasks_per_worker": _task_counts(stream, sorted(set(names.values()))),
         "checksum": checksum(results),
         **plans,
     }
+    if events is not None:
+        row["events"] = events
+        if events.get("joins"):
+            row.update(_join_summary(stream, events["joins"], workers, t0))
     if details:
         row["stream"] = [
             {
@@ -517,8 +664,38 @@ def _ratio(value: float | None, base: float | None, floor: float = 0.0) -> str:
     return f"{value / base:.2f}x"
 
 
+def _tasks_notes(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Note lines with the median tasks per worker, for the elastic workloads only.
+
+    Rows of workloads with workers that joined mid-run also get what the
+    newcomers ran against their fair share (see :func:`_join_summary`).
+    """
+    from autorestrictor.tools.workloads import ELASTIC_WORKLOADS
+
+    lines = []
+    for (workload, mode), rows in groups.items():
+        counts = [r["tasks_per_worker"] for r in rows if r.get("tasks_per_worker")]
+        if workload not in ELASTIC_WORKLOADS or not counts:
+            continue
+        names = sorted({name for c in counts for name in c}, key=lambda n: (len(n), n))
+        per_worker = " ".join(
+            f"{name}={_median([c.get(name, 0) for c in counts]):g}" for name in names
+        )
+        line = f"tasks per worker, {workload} / {mode}: {per_worker}"
+        ran = _median([r.get("joined_ran") for r in rows])
+        if ran is not None:
+            fair = _median([r.get("joined_fair_share") for r in rows])
+            left = _median([r.get("joined_remaining") for r in rows])
+            line += f"; joined ran {ran:g} (fair share {fair:.1f} of {left:g} remaining)"
+        lines.append(line)
+    return lines
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """Plain-text table of medians per (workload, mode), with ratios vs ``default``.
+
+    Note lines below the table give the median tasks per worker of the
+    elastic workloads and the bytes P2P shuffles pushed.
 
     Parameters
     ----------
@@ -572,6 +749,7 @@ def format_table(rows: Sequence[dict]) -> str:
             out.append("  ".join("-" * w for w in widths))
     out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'; "
                "max share 1/workers is perfect balance")
+    out.extend(_tasks_notes(groups))
     for workload, mode in groups:
         p2p = med(workload, mode, "p2p_bytes")
         if p2p:

@@ -13,14 +13,25 @@ on :func:`checksum` rounding to a fixed number of significant digits.
 
 Workers have to be able to import this module: the functions used inside
 graphs (``_window_sum``, ``_make_frame``, ...) are pickled by reference.
+
+The *elastic* workloads (:data:`ELASTIC_WORKLOADS`) model a cluster that
+changes or is uneven: a slow worker, skewed task costs, workers that join
+mid-run, two graphs at once.  Their tasks *wait* (``time.sleep``) rather than
+compute, so that a 2-core machine can host 4-6 workers, but they pass
+MB-sized arrays around.  There ``scale`` multiplies both the chunk size and
+every wait (and the delay before the cluster changes), again keeping the
+graph's shape fixed; ``scale=0.25`` runs in a couple of seconds.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -46,11 +57,28 @@ class Workload:
         ``build(scale, client) -> list`` of dask collections to compute
         together.  ``client`` is only used by workloads that persist data
         first; the others ignore it.
+    workers : int, optional
+        Number of workers the cluster starts with; overrides the bench's
+        ``--workers`` for this workload.
+    during : callable, optional
+        ``during(client, cluster, t0, scale) -> dict``, run by the bench in
+        a background thread while the collections compute (``t0`` is the
+        ``time.time()`` at which the run started).  Used to change the
+        cluster mid-run.  The returned dict (JSON-able) is stored in the
+        row as ``events``; if it has ``"joins": {worker name: seconds since
+        t0}``, the bench also reports what the joining workers ran.
+    submit : callable, optional
+        ``submit(client, collections) -> list`` of results, replacing the
+        bench's ``client.compute(collections, sync=True)``; e.g. to submit
+        the collections as separate graphs.
     """
 
     name: str
     description: str
     build: Callable[[float, Any], list]
+    workers: int | None = None
+    during: Callable[[Any, Any, float, float], dict] | None = None
+    submit: Callable[[Any, list], list] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -270,6 +298,172 @@ def chains(scale: float, client=None) -> list:
     return [s2.sum(axis=1), s3.max(axis=1), s4.sum(axis=1)]
 
 
+# --------------------------------------------------------------------------
+# elastic workloads: tasks that wait, on an uneven or changing cluster
+
+#: Seconds one waiting task takes at ``scale=1``.
+TASK_S = 0.05
+
+#: Rows of one chunk at ``scale=1``: 250,000 float64 values, 2 MB.
+CHUNK_ROWS = 250_000
+
+#: Name of the noisy-neighbour worker of ``slow-worker`` (LocalCluster names
+#: its workers 0, 1, ...), and how much longer it takes for every task.
+SLOW_WORKER = 0
+SLOW_FACTOR = 3
+
+#: How much longer the expensive chunks of ``skewed-cost`` take.
+HEAVY_FACTOR = 5
+
+
+def _worker_name():
+    """Name of the dask worker running this task, or None outside a worker."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().name
+    except ValueError:  # local scheduler
+        return None
+
+
+def _wait(seconds: float, slow=None) -> None:
+    """Sleep ``seconds``; ``SLOW_FACTOR`` times as long on worker ``slow``."""
+    if slow is not None and str(_worker_name()) == str(slow):
+        seconds *= SLOW_FACTOR
+    time.sleep(seconds)
+
+
+def _chunk_cost(seconds: float, heavy: int, block_id) -> float:
+    """Wait of chunk ``block_id``: ``HEAVY_FACTOR`` times longer below index ``heavy``."""
+    return seconds * (HEAVY_FACTOR if block_id[1] < heavy else 1)
+
+
+def _sleepy_chunk(rows, seconds, heavy, slow, block_id=None):
+    """Wait, then return seeded integer-valued column chunk ``block_id[1]``."""
+    _wait(_chunk_cost(seconds, heavy, block_id), slow)
+    rng = np.random.default_rng(SEED + block_id[1])
+    return rng.integers(0, 10, size=(rows, 1)).astype("f8")
+
+
+def _sleepy_step(block, seconds, heavy, slow, block_id=None):
+    """Wait, then apply :func:`_stage_mix` (the per-chunk step)."""
+    _wait(_chunk_cost(seconds, heavy, block_id), slow)
+    return _stage_mix(block)
+
+
+def _sleepy_sum(scale: float, n_chunks: int = 240, heavy: int = 0, slow=None) -> list:
+    """Sum over ``n_chunks`` column chunks of 2 MB (at scale 1) that wait to be made.
+
+    Each chunk is created and then stepped, each waiting ``TASK_S * scale``
+    seconds (Dask fuses both and the chunk's partial sum into one task).
+    """
+    rows, seconds = _scaled(CHUNK_ROWS, scale), TASK_S * scale
+    params = {"seconds": seconds, "heavy": heavy, "slow": slow}
+    x = da.map_blocks(
+        _sleepy_chunk, chunks=((rows,), (1,) * n_chunks), dtype="f8", rows=rows, **params
+    )
+    y = x.map_blocks(_sleepy_step, dtype="f8", **params)
+    return [y.sum(axis=1)]
+
+
+def slow_worker(scale: float, client=None) -> list:
+    """240 waiting chunks, summed; worker ``SLOW_WORKER`` waits 3x as long for each."""
+    return _sleepy_sum(scale, slow=SLOW_WORKER)
+
+
+def skewed_cost(scale: float, client=None) -> list:
+    """240 waiting chunks, summed; the first quarter (by index) waits 5x as long."""
+    return _sleepy_sum(scale, heavy=240 // 4)
+
+
+def scale_up(scale: float, client=None) -> list:
+    """240 waiting chunks, summed (the cluster grows from 2 to 6 workers meanwhile)."""
+    return _sleepy_sum(scale)
+
+
+def join_mid_run(scale: float, client=None) -> list:
+    """120 waiting chunks, summed (a third worker joins meanwhile)."""
+    return _sleepy_sum(scale, n_chunks=120)
+
+
+def _scale_during(client, cluster, t0: float, scale: float, *, n: int, delay: float,
+                  timeout: float = 120.0) -> dict:
+    """``during`` hook: ``delay * scale`` s after ``t0``, scale the cluster to ``n`` workers.
+
+    Waits until all new workers have registered with the scheduler, noting
+    when each was first seen (polling every 20 ms).  New workers get
+    LocalCluster's worker spec: one thread, no memory limit.
+
+    Returns
+    -------
+    dict
+        ``scaled_to``, ``scale_at_s`` (seconds since ``t0``) and ``joins``:
+        ``{"w<name>": seconds since t0 at which the scheduler listed it}``.
+    """
+
+    def names() -> set:
+        return {w["name"] for w in client.scheduler_info(n_workers=-1)["workers"].values()}
+
+    time.sleep(max(0.0, t0 + delay * scale - time.time()))
+    before = names()
+    asked = time.time()
+    cluster.scale(n)
+    joins: dict[str, float] = {}
+    while len(before) + len(joins) < n:
+        if time.time() > asked + timeout:
+            raise TimeoutError(f"only {len(joins)} of {n - len(before)} new workers "
+                               f"joined within {timeout} s")
+        time.sleep(0.02)
+        now = time.time()
+        for name in names() - before:
+            joins.setdefault(f"w{name}", now - t0)
+    return {"scaled_to": n, "scale_at_s": asked - t0, "joins": joins}
+
+
+def _chain_start(seed: int, rows: int, seconds: float) -> np.ndarray:
+    """Wait, then return a seeded integer-valued vector (``rows`` float64)."""
+    time.sleep(seconds)
+    return np.random.default_rng(seed).integers(0, 100, size=rows).astype("f8")
+
+
+def _chain_step(arr: np.ndarray, seconds: float) -> np.ndarray:
+    """Wait, then :func:`_stage_mix` the vector passed along the chain."""
+    time.sleep(seconds)
+    return _stage_mix(arr)
+
+
+def _chain_ends(*ends: np.ndarray) -> np.ndarray:
+    """Sum of each chain's last vector."""
+    return np.array([end.sum() for end in ends])
+
+
+def concurrent_graphs(scale: float, client=None) -> list:
+    """Two graphs, each 2 independent chains of 60 waiting tasks passing 2 MB along.
+
+    Returns one ``Delayed`` per graph; its ``submit`` hook computes them as
+    two separate graphs, submitted back to back.
+    """
+    from dask import delayed
+
+    rows, seconds = _scaled(CHUNK_ROWS, scale), TASK_S * scale
+    graphs = []
+    for g in range(2):
+        ends = []
+        for c in range(2):
+            x = delayed(_chain_start, pure=True)(SEED + 2 * g + c, rows, seconds)
+            for _ in range(59):
+                x = delayed(_chain_step, pure=True)(x, seconds)
+            ends.append(x)
+        graphs.append(delayed(_chain_ends, pure=True)(*ends))
+    return graphs
+
+
+def _submit_separately(client, collections: list) -> list:
+    """``submit`` hook: one ``client.compute`` per collection, then gather them all."""
+    futures = [client.compute(c) for c in collections]
+    return client.gather(futures)
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
@@ -286,8 +480,25 @@ WORKLOADS: dict[str, Workload] = {
         Workload("dataframe-shuffle", "P2P shuffle on id, per-partition groupby",
                  dataframe_shuffle),
         Workload("chains", "100 independent 4-stage chains, 3 outputs each", chains),
+        Workload("slow-worker", "waiting 2 MB chunks summed; worker 0 is 3x slower",
+                 slow_worker, workers=4),
+        Workload("skewed-cost", "waiting 2 MB chunks summed; first quarter costs 5x",
+                 skewed_cost, workers=4),
+        Workload("scale-up", "waiting 2 MB chunks summed; 2 -> 6 workers after 0.5 s",
+                 scale_up, workers=2,
+                 during=functools.partial(_scale_during, n=6, delay=0.5)),
+        Workload("join-mid-run", "120 waiting chunks summed; a third worker joins at 1.5 s",
+                 join_mid_run, workers=2,
+                 during=functools.partial(_scale_during, n=3, delay=1.5)),
+        Workload("concurrent-graphs", "two graphs at once, 2 chains of 60 waiting tasks each",
+                 concurrent_graphs, workers=4, submit=_submit_separately),
     ]
 }
+
+#: Workloads on an uneven or changing cluster; the bench's table also shows
+#: how many tasks each worker ran for them.
+ELASTIC_WORKLOADS = ("slow-worker", "skewed-cost", "scale-up", "join-mid-run",
+                     "concurrent-graphs")
 
 
 # --------------------------------------------------------------------------

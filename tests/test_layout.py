@@ -1,0 +1,72 @@
+"""The shape of the package: what runs in the scheduler, and what it imports.
+
+A scheduler plugin is installed on every scheduler of a cluster, so the
+modules that run there stay small, readable and free of the tools'
+dependencies.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "autorestrictor"
+
+#: Modules that run inside the scheduler (or are the pure core it calls).
+CORE = ["planner.py", "graph.py", "rebalance.py", "plugin.py", "config.py", "http.py"]
+#: Modules that must import neither ``distributed`` nor the tools.
+PURE = ["planner.py", "graph.py", "rebalance.py"]
+
+MAX_FUNCTION_LINES = 80
+
+
+def _tree(name: str) -> ast.Module:
+    return ast.parse((PACKAGE / name).read_text(), filename=name)
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return out
+
+
+def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function, its docstring not counted."""
+    lines = fn.end_lineno - fn.lineno + 1
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if isinstance(body[0].value.value, str):
+            lines -= body[0].end_lineno - body[0].lineno + 1
+    return lines
+
+
+@pytest.mark.parametrize("name", CORE)
+def test_core_functions_are_short(name):
+    tree = _tree(name)
+    functions = [
+        n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    assert functions, f"{name} has no functions: the list of core modules is stale"
+    long = {f.name: _code_lines(f) for f in functions if _code_lines(f) > MAX_FUNCTION_LINES}
+    assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines (docstring excluded)"
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_pure_modules_do_not_import_the_scheduler(name):
+    imported = _imports(_tree(name))
+    assert imported, f"{name} imports nothing: the list of pure modules is stale"
+    assert not {m for m in imported if m.split(".")[0] == "distributed"}
+    assert not {m for m in imported if m.startswith("autorestrictor.tools")}
+
+
+@pytest.mark.parametrize("name", CORE + ["__init__.py"])
+def test_core_does_not_import_the_tools(name):
+    imported = _imports(_tree(name))
+    assert not {m for m in imported if m.startswith("autorestrictor.tools")}
+    assert not imported & {"pandas", "pyarrow", "matplotlib", "bokeh", "psutil", "dask.array"}

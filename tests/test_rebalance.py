@@ -1,0 +1,118 @@
+"""The rebalancer as a pure function: hand-drawn cases and properties."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autorestrictor.rebalance import Move, Run, rebalance
+
+
+def apply(runs: dict[str, Run], moves: list[Move]) -> dict[str, list]:
+    """Each worker's units (as (owner, index) labels) after the moves."""
+    out = {w: [(w, i) for i in range(len(r.units))] for w, r in runs.items()}
+    for m in moves:
+        taken = out[m.donor][m.start : m.start + m.count]
+        assert len(taken) == m.count, "a move takes units the donor has"
+        assert m.start + m.count == len(out[m.donor]), "a move takes the donor's tail"
+        del out[m.donor][m.start :]
+        out[m.thief].extend(taken)
+    return out
+
+
+def finishes(runs: dict[str, Run], after: dict[str, list]) -> dict[str, float]:
+    cost = {(w, i): u for w, r in runs.items() for i, u in enumerate(r.units)}
+    return {
+        w: (runs[w].started + sum(cost[x] for x in after[w])) / runs[w].speed for w in runs
+    }
+
+
+def test_joining_worker_takes_the_far_half():
+    """
+    a: [0 1 2 3 4 5 6 7]      a: [0 1 2 3]
+    b: []                -->  b: [4 5 6 7]
+    """
+    moves = rebalance({"a": Run([1.0] * 8), "b": Run([])})
+    assert moves == [Move("a", "b", 4, 4)]
+
+
+def test_slow_worker_gives_by_pace_not_count():
+    """A worker three times slower keeps a quarter of what is left."""
+    runs = {"slow": Run([1.0] * 40, speed=1 / 3), "fast": Run([], speed=1.0)}
+    (m,) = rebalance(runs)
+    assert m.donor == "slow" and m.thief == "fast"
+    assert m.count == 30  # 10 units at 1/3 speed finish with 30 at full speed
+
+
+def test_whole_groups_move_before_a_group_is_cut():
+    """
+    pieces: 0 0 0 0 0 0 0 0 0 0 0 0 | 1 1 1 1 1 1 1 1     (the even cut is at 10)
+    the tail from the change of piece (8 units) moves: one seam, no group cut
+    """
+    runs = {"a": Run([1.0] * 20, pieces=[0] * 12 + [1] * 8), "b": Run([])}
+    assert rebalance(runs) == [Move("a", "b", 12, 8)]
+
+
+def test_idle_worker_takes_from_the_latest_finisher_first():
+    runs = {
+        "a": Run([1.0] * 10),
+        "b": Run([1.0] * 30),
+        "c": Run([], started=1.0),
+    }
+    moves = rebalance(runs)
+    assert moves[0].donor == "b" and moves[0].thief == "c"
+
+
+def test_nobody_idle_means_no_move():
+    assert rebalance({"a": Run([1.0] * 9), "b": Run([1.0])}) == []
+
+
+def test_a_move_that_does_not_help_is_not_made():
+    # one unit left: moving it would only swap who finishes last
+    assert rebalance({"a": Run([5.0]), "b": Run([])}) == []
+    # the gain (half a unit) is below min_gain
+    assert rebalance({"a": Run([1.0, 1.0]), "b": Run([])}, min_gain=1.5) == []
+
+
+def test_bad_input_names_the_worker():
+    with pytest.raises(ValueError, match="'w1'.*speed"):
+        rebalance({"w1": Run([1.0], speed=0.0)})
+    with pytest.raises(ValueError, match="'w2'.*negative"):
+        rebalance({"w2": Run([-1.0])})
+    with pytest.raises(ValueError, match="'w3'.*pieces"):
+        rebalance({"w3": Run([1.0, 2.0], pieces=[0])})
+    with pytest.raises(TypeError, match="Run"):
+        rebalance({"w4": [1.0]})
+
+
+runs_strategy = st.dictionaries(
+    st.sampled_from(list("abcdef")),
+    st.builds(
+        Run,
+        units=st.lists(st.floats(0.01, 10), max_size=30),
+        started=st.floats(0, 5),
+        speed=st.floats(0.1, 4),
+    ),
+    min_size=1,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(runs_strategy, st.floats(0, 2))
+def test_properties(runs, min_gain):
+    moves = rebalance(runs, min_gain=min_gain)
+    after = apply(runs, moves)  # asserts every move takes a tail the donor has
+    labels = sorted(x for units in after.values() for x in units)
+    before = sorted((w, i) for w, r in runs.items() for i in range(len(r.units)))
+    assert labels == before, "no unit lost or duplicated"
+    for w, units in after.items():
+        own = [i for owner, i in units if owner == w]
+        assert own == list(range(len(own))), "a donor keeps a prefix of its run"
+    idle = {w for w, r in runs.items() if not r.units}
+    assert all(m.thief in idle for m in moves)
+    unmoved = {w: [(w, i) for i in range(len(r.units))] for w, r in runs.items()}
+    old, new = finishes(runs, unmoved), finishes(runs, after)
+    assert max(new.values()) <= max(old.values()) + 1e-9, "no move makes the finish later"
+    for m in moves:
+        assert m.count >= 1 and m.start >= 1, "a donor keeps the unit it is about to start"
