@@ -1,4 +1,4 @@
-"""Command line: ``python -m autorestrictor {bench,bench-plan,demo} ...``.
+"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests} ...``.
 
 Adding a subcommand means writing one function decorated with
 :func:`subcommand`: it receives the subcommand's ``argparse`` parser, adds its
@@ -47,6 +47,14 @@ def _bench_plan(parser: argparse.ArgumentParser) -> Runner:
 
     benchplan.add_arguments(parser)
     return benchplan.main
+
+
+@subcommand("dasktests", help="run distributed's own tests with and without the plugin")
+def _dasktests(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor.tools import dasktests
+
+    dasktests.add_arguments(parser)
+    return dasktests.main
 
 
 def build_parser() -> argparse.ArgumentParser:

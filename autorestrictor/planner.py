@@ -118,6 +118,7 @@ class Plan:
     plan_s: float = 0.0
     cost_of: np.ndarray | None = field(default=None, repr=False)
     unit_of: np.ndarray | None = field(default=None, repr=False)
+    sizes: dict | None = None
 
     @property
     def units(self) -> np.ndarray:
@@ -168,6 +169,7 @@ class Plan:
             "plan_s": self.plan_s,
             "reason": self.reason,
             "notes": list(self.notes),
+            "sizes": self.sizes,
         }
 
 
@@ -181,6 +183,7 @@ def plan(
     skip: Collection[Key] = (),
     cost: Mapping[Key, float] | None = None,
     busy: Mapping[str, float] | None = None,
+    placed_at_run_time: Collection[Key] = (),
     **options: Any,
 ) -> Plan:
     """Decide which tasks of a graph to pin to which worker.
@@ -209,6 +212,11 @@ def plan(
         tasks with resource or host restrictions, opted-out tasks).
     cost:
         ``key -> relative compute cost``; 1 per task when missing.
+    placed_at_run_time:
+        Keys whose workers another party decides while the graph runs (a
+        P2P shuffle's barrier, which picks where every output partition
+        lives). They, and every task that depends on them, are left to
+        Dask, which places each task next to its inputs.
     busy:
         ``address -> work already waiting on that worker``, in the units of
         ``cost`` (pinned work of earlier graphs). Work is dealt so that every
@@ -259,7 +267,7 @@ def plan(
         return step_back(f"{len(addrs)} worker(s): nothing to choose between")
     a, pinnable, reason = analyse(
         g, threads, opts, nbytes=nbytes, priority=priority, who_has=who_has, addrs=addrs,
-        skip=skip, cost=cost, busy=busy,
+        skip=skip, cost=cost, busy=busy, placed_at_run_time=placed_at_run_time,
     )
     if reason is not None:
         return step_back(reason)
@@ -270,7 +278,7 @@ def plan(
         return step_back("; ".join(notes))
     if len(pinned) == 0:
         return step_back("no task could be pinned")
-    moved_by_plan = _crossing_fraction(g, worker_of, a.located, a.size)
+    moved_by_plan = _crossing_fraction(g, worker_of, a.located, a.size, a.heavy)
     if moved_by_plan > opts.max_cut_fraction:
         return step_back(
             f"best plan still moves {moved_by_plan:.0%} of what the graph's tasks read "
@@ -325,6 +333,7 @@ def analyse(
     skip: Collection[Key],
     cost: Mapping[Key, float] | None,
     busy: Mapping[str, float] | None = None,
+    placed_at_run_time: Collection[Key] = (),
 ) -> tuple[Analysis, np.ndarray, str | None]:
     """Steps 1 to 5: roots, terminals, the partition layer and the groups.
 
@@ -339,6 +348,8 @@ def analyse(
     pinnable &= located < 0
     if skip:
         pinnable[_indices(g, skip)] = False
+    if placed_at_run_time:
+        pinnable &= ~downstream(g, _indices(g, placed_at_run_time))
 
     # Steps 1 and 2.
     roots = find_roots(g)
@@ -356,10 +367,15 @@ def analyse(
 
     # Steps 4 and 5.
     heavy = size[g.src] >= opts.light_edge_fraction * _typical_size(size)
-    comp = find_groups(g, lower & (pinnable | (located >= 0)), heavy)
+    member = lower & (pinnable | (located >= 0))
+    broadcast = find_broadcasts(g, len(threads))
+    heavy &= ~broadcast[g.src]
+    cost_arr = _per_node(g, cost, default=1.0, name="cost")
+    cost_arr[broadcast] = 0.0  # a small operand: not work to balance
+    comp = find_groups(g, member, heavy)
     a = Analysis(
         g=g, threads=threads, busy=_busy(busy, addrs), size=size,
-        cost=_per_node(g, cost, default=1.0, name="cost"), located=located,
+        cost=cost_arr, located=located,
         rank=_ranks(g, priority, structural), structural=structural,
         depth=depth, comp=comp, heavy=heavy,
     )
@@ -369,6 +385,24 @@ def analyse(
 # ---------------------------------------------------------------------------
 # The six steps
 # ---------------------------------------------------------------------------
+
+
+def downstream(g: Graph, sources: np.ndarray) -> np.ndarray:
+    """Mask of ``sources`` and every node that depends on them, directly or not.
+
+    Complexity: O(tasks + edges) (one breadth-first walk in C).
+    """
+    out = np.zeros(g.n, dtype=bool)
+    if len(sources) == 0:
+        return out
+    super_node = g.n
+    rows = np.concatenate([g.src, np.full(len(sources), super_node, dtype=np.int64)])
+    cols = np.concatenate([g.dst, sources])
+    order = csgraph.breadth_first_order(
+        adjacency(g.n + 1, rows, cols), super_node, directed=True, return_predecessors=False
+    )
+    out[order[order < g.n]] = True
+    return out
 
 
 def find_roots(g: Graph) -> np.ndarray:
@@ -422,6 +456,60 @@ def find_groups(g: Graph, member: np.ndarray, heavy: np.ndarray) -> np.ndarray:
         adjacency(g.n, g.src[keep], g.dst[keep]), directed=True, connection="weak"
     )
     return labels
+
+
+#: Slices of slices followed when looking for broadcasts (``find_broadcasts``):
+#: a broadcast operand reaches its consumers through at most a getitem and a
+#: reshape; deeper single-input chains are a chunk's own pipeline.
+_SLICE_DEPTH = 3
+
+#: A broadcast is a pattern of few operands read by many: if consumers read
+#: more distinct broadcast candidates than this, the candidates are the
+#: inputs of an all-to-all (a rechunk, a transpose), not broadcasts.
+_MAX_BROADCASTS_PER_CONSUMER = 2
+
+
+def find_broadcasts(g: Graph, n_workers: int) -> np.ndarray:
+    """Step 4, first: mask of nodes whose output is broadcast to the whole graph.
+
+    A small operand used against every chunk (weights, a bias, a mask, a
+    global mean) is read, directly or through slices (tasks with that one
+    input, such as ``getitem``), by far more tasks than there are workers.
+    Each worker fetches it once whatever the plan, so its edges must not glue
+    its readers into one group, whether or not its size is known. Its slices
+    are not broadcasts: each is glued to the tasks that read it, as a
+    chunk's own input would be.
+
+    a. A node is a candidate if it reaches more than ``_FANOUT_PER_WORKER``
+       tasks per worker, and more than the square root of the graph's size
+       (so that, on few workers, a busy task inside one small subgraph is
+       not taken for a broadcast; a broadcast reaches every chunk).
+    b. If the tasks the candidates reach typically read several of them,
+       the pattern is an all-to-all (a rechunk, a transpose), not a
+       broadcast, and nothing is marked.
+
+    Complexity: O(edges) per slice level (``_SLICE_DEPTH`` levels), plus one
+    sort of the candidates' edges.
+    """
+    src, dst = g.src, g.dst
+    is_slice = g.indegree == 1
+    reach = np.ones(g.n)
+    for _ in range(_SLICE_DEPTH):  # a reader counts once, a slice as what it reaches
+        reach = np.bincount(src, weights=np.where(is_slice[dst], reach[dst], 1.0),
+                            minlength=g.n)
+    candidate = reach > max(_FANOUT_PER_WORKER * n_workers, np.sqrt(g.n))
+    if not candidate.any():
+        return candidate
+    head = np.where(candidate, np.arange(g.n), -1)
+    for _ in range(_SLICE_DEPTH):  # follow slices to the tasks they feed
+        e = is_slice[dst] & (head[src] >= 0) & (head[dst] < 0)
+        head[dst[e]] = head[src[e]]
+    e = (head[src] >= 0) & ~is_slice[dst]
+    pairs = np.unique(dst[e] * g.n + head[src[e]])
+    per_reader = np.bincount(pairs // g.n)
+    if np.quantile(per_reader[per_reader > 0], 0.9) > _MAX_BROADCASTS_PER_CONSUMER:
+        return np.zeros(g.n, dtype=bool)
+    return candidate
 
 
 #: Rounds of step 6. Each round leaves the groups found to be all-to-all to
@@ -878,16 +966,18 @@ def _wide(c: np.ndarray, depth: np.ndarray, n_comp: int) -> np.ndarray:
 
 
 def _crossing_fraction(
-    g: Graph, worker_of: np.ndarray, located: np.ndarray, size: np.ndarray
+    g: Graph, worker_of: np.ndarray, located: np.ndarray, size: np.ndarray, heavy: np.ndarray
 ) -> float:
-    """Share of the bytes on edges between placed tasks that cross workers.
+    """Share of the bytes on heavy edges between placed tasks that cross workers.
 
     Edges are weighted by their input's size, the measure the all-to-all
-    test of ``assign`` uses for one group. O(edges).
+    test of ``assign`` uses for one group. Light edges (small results,
+    broadcasts) cost little wherever their ends are, and are not counted.
+    O(edges).
     """
     where = np.where(worker_of >= 0, worker_of, located)
     s, d = where[g.src], where[g.dst]
-    both = (s >= 0) & (d >= 0)
+    both = (s >= 0) & (d >= 0) & heavy
     b = size[g.src[both]]
     return float((b * (s[both] != d[both])).sum() / max(float(b.sum()), 1e-300))
 
@@ -968,6 +1058,57 @@ def _busy(busy: Mapping[str, float] | None, addrs: list[str]) -> np.ndarray:
             raise ValueError(f"busy[{addr!r}] is {x!r}; expected a finite number >= 0")
         out[i] = float(x)
     return out
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Output sizes for a graph, and where each came from."""
+
+    nbytes: dict  #: key -> bytes, for every key whose size is measured or learned
+    measured: int  #: results in memory: their real size
+    learned: int  #: tasks not run yet: the mean size of their prefix's earlier results
+    assumed: int  #: neither: the planner assumes a typical size
+
+    def counts(self) -> dict[str, int]:
+        return {"measured": self.measured, "learned": self.learned, "assumed": self.assumed}
+
+
+def estimate_sizes(
+    measured: Mapping[Key, float],
+    prefix_of: Mapping[Key, str],
+    learned: Mapping[str, float],
+) -> Sizes:
+    """Sizes in order of trust: measured, then learned per prefix, else unknown.
+
+    Parameters
+    ----------
+    measured:
+        ``key -> bytes`` of results in memory.
+    prefix_of:
+        ``key -> task prefix`` for the graph's tasks (``"sum"`` for
+        ``("sum-<token>", 0, 3)``).
+    learned:
+        ``prefix -> mean bytes`` of results of that prefix seen before
+        (earlier graphs on the same scheduler).
+
+    Examples
+    --------
+    >>> s = estimate_sizes({"a": 8}, {"a": "x", "b": "x", "c": "y"}, {"x": 80.0})
+    >>> s.nbytes, s.counts()
+    ({'a': 8, 'b': 80.0}, {'measured': 1, 'learned': 1, 'assumed': 1})
+    """
+    nbytes = dict(measured)
+    learned_n = assumed = 0
+    for key, prefix in prefix_of.items():
+        if key in nbytes:
+            continue
+        size = learned.get(prefix)
+        if size is None:
+            assumed += 1
+        else:
+            nbytes[key] = size
+            learned_n += 1
+    return Sizes(nbytes, len(measured), learned_n, assumed)
 
 
 def _check_workers(workers: Mapping[str, int]) -> tuple[list[str], np.ndarray]:

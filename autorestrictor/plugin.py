@@ -62,7 +62,7 @@ except ImportError:  # pragma: no cover - depends on the distributed release
         "distributed.shuffle._core.P2PBarrierTask not found: P2P barriers are "
         "recognised by their key prefix 'shuffle-barrier-'"
     )
-from autorestrictor.planner import Plan, plan
+from autorestrictor.planner import Plan, estimate_sizes, plan
 from autorestrictor.rebalance import Run, rebalance
 
 logger = logging.getLogger("autorestrictor")
@@ -75,6 +75,12 @@ HOLD = "autorestrictor://held"
 
 #: Task states in which a pin still matters: the task has not run yet.
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
+
+#: A worker counts as slower or faster than the others only when its pace
+#: differs from 1 by more than this factor: on a shared machine, CPU-bound
+#: tasks on equal workers vary by a third from one worker to the next, and
+#: moving work on that noise costs transfers for nothing.
+_PACE_NOISE = 1.5
 
 #: Weight of the newest task in a worker's pace (an exponential average).
 #: A fifth: after a dozen tasks a worker that became three times slower is
@@ -109,6 +115,7 @@ class State:
         self.held_at: dict = {}  # key -> the queue that currently owns it
         self.pace: dict[str, float] = {}  # worker -> observed pace (1.0: average)
         self.prefix_mean: dict[str, tuple[float, int]] = {}  # prefix -> (seconds, count)
+        self.prefix_bytes: dict[str, tuple[float, int]] = {}  # prefix -> (bytes, count)
         self.history: deque[dict] = deque(maxlen=history)  # plans
         self.moves: deque[dict] = deque(maxlen=history)  # rebalancing moves
         self.n_plans = 0
@@ -298,11 +305,13 @@ class AutoRestrictor(SchedulerPlugin):
         except TypeError:
             logger.debug("keys of mixed types: planning in the scheduler's order")
         dependencies: dict = {}
-        nbytes: dict = {}
+        nbytes: dict = {}  # measured
+        prefix_of: dict = {}
         priority: dict = {}
         who_has: dict = {}
         cost: dict = {}
         skip: list = []
+        p2p: list = []  # P2P barriers: P2P places their outputs at run time
         expected = self._expected
         for key in keys:
             ts = tasks.get(key)
@@ -310,26 +319,40 @@ class AutoRestrictor(SchedulerPlugin):
                 continue
             dependencies[key] = [dts.key for dts in ts.dependencies]
             cost[key] = expected(ts)
+            if ts.prefix is not None:
+                prefix_of[key] = ts.prefix.name
             if ts.priority is not None:
                 priority[key] = ts.priority[-1]
             if ts.nbytes >= 0:
                 nbytes[key] = ts.nbytes
+            if _is_p2p_barrier(ts):
+                p2p.append(key)
             if not _free(ts, opted_out):
-                where = _where(ts)
+                where = _where(ts, self.state.held_at)
                 if where is not None:
                     who_has[key] = where
                 else:
                     skip.append(key)
             for dts in ts.dependencies:
-                if dts.key not in dependencies and dts.who_has:
+                if dts.key in dependencies or dts.key in who_has:
+                    continue
+                if dts.who_has:
                     who_has[dts.key] = [ws.address for ws in dts.who_has]
                     nbytes[dts.key] = dts.get_nbytes()
+                else:  # in flight: bound to a worker by an earlier plan?
+                    where = _where(dts, self.state.held_at)
+                    if where is not None:
+                        who_has[dts.key] = where
         workers = {ws.address: ws.nthreads for ws in scheduler.running}
         busy = {a: self._waiting_work(a) for a in workers}
-        return plan(
-            dependencies, workers, nbytes=nbytes, priority=priority, who_has=who_has,
-            skip=skip, cost=cost, busy=busy, **dataclasses.asdict(self.options),
+        learned = {k: v for k, (v, _) in self.state.prefix_bytes.items()}
+        sizes = estimate_sizes(nbytes, prefix_of, learned)
+        p = plan(
+            dependencies, workers, nbytes=sizes.nbytes, priority=priority, who_has=who_has,
+            skip=skip, cost=cost, busy=busy, placed_at_run_time=p2p,
+            **dataclasses.asdict(self.options),
         )
+        return dataclasses.replace(p, sizes=sizes.counts())
 
     def _apply(self, scheduler, p: Plan) -> None:
         """Pin each planned key. All or nothing: a failure undoes what was done.
@@ -488,6 +511,11 @@ class AutoRestrictor(SchedulerPlugin):
             return
         st = self.state
         name = ts.prefix.name
+        nbytes = kwargs.get("nbytes")
+        if isinstance(nbytes, int) and nbytes >= 0:
+            size, m = st.prefix_bytes.get(name, (nbytes, 0))
+            m = min(m + 1, 100)
+            st.prefix_bytes[name] = (size + (nbytes - size) / m, m)
         mean, n = st.prefix_mean.get(name, (took, 0))
         n = min(n + 1, 100)  # a running mean that keeps following a drift
         mean += (took - mean) / n
@@ -529,8 +557,20 @@ class AutoRestrictor(SchedulerPlugin):
 
     def _speed(self, ws) -> float:
         known = sorted(self.state.pace.values())
-        default = known[len(known) // 2] if known else 1.0
-        return max(self.state.pace.get(ws.address, default), 1e-3) * ws.nthreads
+        middle = known[len(known) // 2] if known else 1.0
+        pace = self.state.pace.get(ws.address, middle) / middle
+        if 1 / _PACE_NOISE < pace < _PACE_NOISE:
+            pace = 1.0
+        return max(pace, 1e-3) * ws.nthreads
+
+    def _seam_seconds(self) -> float:
+        """What one more seam costs: a typical result sent once, twice over
+        (it is sent, and its reader waits), at the scheduler's bandwidth."""
+        sizes = sorted(b for b, _ in self.state.prefix_bytes.values())
+        if not sizes:
+            return 0.0
+        bandwidth = float(getattr(self.scheduler, "bandwidth", 100e6)) or 100e6
+        return 2 * sizes[len(sizes) // 2] / bandwidth
 
     def _maybe_rebalance(self, force: bool = False) -> None:
         """Let workers that ran out of unstarted units take the far end of others' runs."""
@@ -556,9 +596,11 @@ class AutoRestrictor(SchedulerPlugin):
             for ws in running
         }
         costs = [u.cost for m in movable.values() for u in m]
-        # Worth a seam only if it saves a unit's work and rebalance-min-gain seconds.
+        # Worth a seam only if it saves a unit's work, rebalance-min-gain
+        # seconds, and what the seam's transfer costs.
+        task_s = self._task_seconds()
         min_gain = max(sum(costs) / len(costs),
-                       self.options.rebalance_min_gain / self._task_seconds())
+                       (self.options.rebalance_min_gain + self._seam_seconds()) / task_s)
         moves = rebalance(runs, idle=idle, min_gain=min_gain)
         for mv in moves:
             self._move(movable[mv.donor][mv.start : mv.start + mv.count], mv.donor, mv.thief)
@@ -740,13 +782,27 @@ class AutoRestrictor(SchedulerPlugin):
         return out
 
     def _repin(self, scheduler, keys: list, addr: str, recs: dict) -> None:
-        """Pin ``keys`` to ``addr``; roots join its admission queue."""
+        """Pin ``keys`` to ``addr``; roots join its admission queue.
+
+        A task already sent to another worker (a paused one) is asked back
+        through the work-stealing extension, which moves it only if that
+        worker has not started it. (Such roots reach ``addr`` beyond its
+        admission slots: at most the paused worker's few queued roots,
+        which would otherwise wait for it to resume.)
+        """
         tasks = scheduler.tasks
         pin = {addr}
+        stealing = scheduler.extensions.get("stealing")
         for k in keys:
             ts = tasks.get(k)
-            if ts is None or ts.state not in _PENDING or ts.state == "processing":
-                continue  # done, or already sent: it stays where it is
+            if ts is None or ts.state not in _PENDING:
+                continue  # done, or forgotten
+            if ts.state == "processing":
+                victim = ts.processing_on
+                if stealing is not None and victim is not None and victim.address != addr:
+                    ts.worker_restrictions = pin
+                    stealing.move_task_request(ts, victim, scheduler.workers[addr])
+                continue
             if ts.worker_restrictions == {HOLD} or (
                 self._admission and not ts.dependencies and ts.state == "no-worker"
             ):
@@ -871,13 +927,19 @@ def _free(ts, opted_out: dict) -> bool:
     )
 
 
-def _where(ts) -> list[str] | None:
-    """Where a task we may not pin already is, or is bound to, if one place."""
+def _where(ts, held_at: dict) -> list[str] | None:
+    """Where a task we may not pin already is, or is bound to, if one place.
+
+    A root held for admission is bound to the worker whose queue holds it.
+    """
     if ts.who_has:
         return [ws.address for ws in ts.who_has]
     if ts.processing_on is not None:
         return [ts.processing_on.address]
     if len(ts.worker_restrictions or ()) == 1 and not ts.loose_restrictions:
         (addr,) = ts.worker_restrictions
-        return None if addr == HOLD else [addr]
+        if addr != HOLD:
+            return [addr]
+        queue = held_at.get(ts.key)
+        return [queue] if queue is not None else None
     return None

@@ -158,10 +158,14 @@ def rebalance(
 def _cut(r: Run, n: int, amount: float) -> int:
     """Where the tail of ``r.units[:n]`` worth about ``amount`` seconds starts.
 
-    The tail's cost is the nearest to ``amount`` that a whole unit allows;
-    if a change of piece lies within a quarter of that tail, the cut moves
-    there, so that a whole group moves rather than a group being cut. The
-    donor keeps at least its first unit, the one it is about to start.
+    The tail's cost is the nearest to ``amount`` that a whole unit allows.
+    Within a quarter of that tail, the cut then moves to a change of piece
+    if there is one (a whole group moves rather than a group being cut), or
+    else to the heaviest unit: a unit that carries more tasks starts a
+    larger subtree (the partial sums of a block follow the block's first
+    chunk), so a cut there leaves one transfer at the seam, not one per
+    level of a reduction. The donor keeps at least its first unit, the one
+    it is about to start.
     """
     if n <= 1 or amount <= 0:
         return n
@@ -172,16 +176,15 @@ def _cut(r: Run, n: int, amount: float) -> int:
             break
         taken += u
         start -= 1
-    if start == n or not len(r.pieces):
+    if start == n:
         return start
     slack = max(1, (n - start) // 4)
-    best = start
-    for s in range(max(1, start - slack), min(n, start + slack + 1)):
-        if r.pieces[s] != r.pieces[s - 1] and (
-            best == start or abs(s - start) < abs(best - start)
-        ):
-            best = s
-    return best if r.pieces[best] != r.pieces[best - 1] else start
+    window = range(max(1, start - slack), min(n - 1, start + slack) + 1)
+    if len(r.pieces):
+        changes = [s for s in window if r.pieces[s] != r.pieces[s - 1]]
+        if changes:
+            return min(changes, key=lambda s: abs(s - start))
+    return max(window, key=lambda s: (float(r.units[s]), -abs(s - start)))
 
 
 def _check(runs: Mapping[str, Run]) -> None:

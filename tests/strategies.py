@@ -46,3 +46,19 @@ def dags(draw, min_size: int = 1, max_size: int = 120) -> dict:
 def clusters(draw, max_workers: int = 8) -> dict:
     n = draw(st.integers(1, max_workers))
     return {f"tcp://10.0.0.{i}:8786": draw(st.integers(1, 4)) for i in range(n)}
+
+
+def runs() -> st.SearchStrategy:
+    """``worker -> Run`` for the rebalancer: random costs, started work and paces."""
+    from autorestrictor.rebalance import Run
+
+    return st.dictionaries(
+        st.sampled_from(list("abcdef")),
+        st.builds(
+            Run,
+            units=st.lists(st.floats(0.01, 10), max_size=30),
+            started=st.floats(0, 5),
+            speed=st.floats(0.1, 4),
+        ),
+        min_size=1,
+    )

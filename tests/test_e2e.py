@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
+import dask
 import dask.array as da
 import numpy as np
-from distributed import Client, LocalCluster
+import pytest
+from dask.utils import key_split
+from distributed import Client, LocalCluster, get_task_stream
+from distributed.core import Status
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
+from autorestrictor.plugin import HOLD
 
 
 def _run(plugin: str | None):
@@ -36,3 +43,103 @@ def test_seed_example_moves_ten_times_fewer_bytes():
         np.testing.assert_allclose(result, base, rtol=1e-12)
         assert plans and plans[-1]["reason"] is None, plans
         assert moved * 10 <= moved_default, (how, moved, moved_default)
+
+
+# -- nothing a user does may strand a task (process clusters) ----------------
+
+
+def _sleepy(block):
+    time.sleep(0.02)
+    return block
+
+
+def _reduction(n_chunks: int = 240):
+    x = da.ones((1000, n_chunks), chunks=(1000, 1)).map_blocks(_sleepy, dtype=float)
+    return x.sum(axis=1), np.full(1000, float(n_chunks))
+
+
+def _held(dask_scheduler=None) -> int:
+    return sum(ts.worker_restrictions == {HOLD} for ts in dask_scheduler.tasks.values())
+
+
+def _cluster(**kwargs):
+    return LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
+        dashboard_address=":0", **kwargs,
+    )
+
+
+def _wait_for(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("action", ["register-again", "unregister"])
+def test_plugin_registered_again_or_removed_mid_run(action):
+    graph, expected = _reduction()
+    with _cluster() as cluster, Client(cluster) as client:
+        client.register_plugin(AutoRestrictor())
+        fut = client.compute(graph)
+        _wait_for(lambda: client.run_on_scheduler(_held) > 0)
+        if action == "register-again":
+            with pytest.warns(UserWarning, match="overwriting"):
+                client.register_plugin(AutoRestrictor())
+        else:
+            client.unregister_scheduler_plugin("autorestrictor")
+        assert not fut.done(), "the change must land during the computation"
+        np.testing.assert_array_equal(fut.result(timeout=60), expected)
+        assert client.run_on_scheduler(_held) == 0
+
+
+def _pause(dask_worker):
+    dask_worker.status = Status.paused
+
+
+def _resume(dask_worker):
+    dask_worker.status = Status.running
+
+
+def test_paused_worker_hands_its_units_over():
+    graph, expected = _reduction()
+    config = {"distributed.worker.memory.pause": False, "autorestrictor.paused-timeout": 0.3}
+    with dask.config.set(config), _cluster() as cluster, Client(cluster) as client:
+        client.register_plugin(AutoRestrictor())
+        fut = client.compute(graph)
+        _wait_for(lambda: client.run_on_scheduler(_held) > 0)
+        first, second = sorted(client.scheduler_info()["workers"])
+        client.run(_pause, workers=[first])
+        # the result arrives while the worker is still paused
+        np.testing.assert_array_equal(fut.result(timeout=60), expected)
+        events = [e for _, e in client.get_events("autorestrictor") if e["action"] == "rehomed"]
+        assert events and events[-1]["worker"] == first and "paused" in events[-1]["why"]
+        client.run(_resume, workers=[first])
+
+
+def _p2p_outputs(stream, prefix: str) -> set:
+    return {rec["worker"] for rec in stream if key_split(rec["key"]).startswith(prefix)}
+
+
+def test_p2p_rechunk_and_shuffle_spread_their_outputs():
+    import dask.dataframe as dd  # the bench extra, part of the test extra
+    import pandas as pd
+    with LocalCluster(
+        n_workers=4, threads_per_worker=1, processes=True, memory_limit=0,
+        dashboard_address=":0",
+    ) as cluster, Client(cluster) as client:
+        client.register_plugin(AutoRestrictor())
+        x = da.random.default_rng(0).random((400, 400), chunks=(400, 10))
+        y = x.rechunk((10, 400), method="p2p")
+        with get_task_stream(client) as ts:
+            result = y.sum(axis=1).compute()
+        np.testing.assert_allclose(result, x.sum(axis=1).compute(scheduler="sync"))
+        assert len(_p2p_outputs(ts.data, "rechunk-p2p")) == 4
+
+        pdf = pd.DataFrame({"id": np.arange(4000) % 97, "v": np.arange(4000.0)})
+        df = dd.from_pandas(pdf, npartitions=40)
+        with dask.config.set({"dataframe.shuffle.method": "p2p"}), get_task_stream(client) as ts:
+            out = df.shuffle("id").map_partitions(len).compute()
+        assert out.sum() == 4000
+        assert len(_p2p_outputs(ts.data, "p2pshuffle")) == 4, {
+            key_split(r["key"]) for r in ts.data}

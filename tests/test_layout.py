@@ -70,3 +70,15 @@ def test_core_does_not_import_the_tools(name):
     imported = _imports(_tree(name))
     assert not {m for m in imported if m.startswith("autorestrictor.tools")}
     assert not imported & {"pandas", "pyarrow", "matplotlib", "bokeh", "psutil", "dask.array"}
+
+
+@pytest.mark.parametrize("name", ["planner", "rebalance", "graph"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(f"autorestrictor.{name}")
+    result = doctest.testmod(module)
+    assert result.failed == 0
+    if name != "graph":
+        assert result.attempted > 0, f"{name} has no examples: the list is stale"

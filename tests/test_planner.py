@@ -29,7 +29,14 @@ def check_plan(p, deps, workers, *, tolerance=None):
         assert p.predicted_bytes >= 0
     else:
         assert p.assignment == {} and p.reason
-    assert sum(p.load.values()) == pytest.approx(p.n_pinned)
+    # a piece, and a unit, sit on one worker
+    for labels in (p.piece_of, p.units):
+        owners = {}
+        for label, w in zip(labels.tolist(), p.worker_of.tolist()):
+            assert owners.setdefault(label, w) == w, "a piece or unit spans two workers"
+    heads = p.units
+    assert ((heads >= 0) & (heads < p.n_pinned)).all()
+    assert (heads[heads] == heads).all(), "a unit's head is its own head"
 
 
 def tree_reduction(n_leaves: int, split: int = 4, prefix="x"):
@@ -441,3 +448,112 @@ def test_global_statistics_do_not_pull_chunks_without_sizes():
     for i in range(n):
         assert p.assignment[f"y{i}"] == p.assignment[f"x{i}"]
     assert max(p.load.values()) <= 1.35 * p.n_pinned / 4
+
+
+def _broadcast_graph(n: int, sliced: bool):
+    r"""
+    One small operand read by every chunk, directly or through one slice each:
+
+                w                        w
+          /  /  |  \  \            /  /  |  \  \
+        y0  y1  y2 ... yn        g0  g1  g2 ... gn      (getitem slices)
+        |   |   |      |         |   |   |      |
+        x0  x1  x2 ... xn        y0  y1  y2 ... yn      (y_i = x_i * slice)
+                                 |   |   |      |
+                                 x0  x1  x2 ... xn
+
+    (data flows upwards: x_i and w are roots; sizes unknown)
+    """
+    deps = {"w": []}
+    for i in range(n):
+        deps[f"x{i}"] = []
+        if sliced:
+            deps[f"g{i}"] = ["w"]
+        deps[f"y{i}"] = [f"x{i}", f"g{i}" if sliced else "w"]
+    return deps
+
+
+@pytest.mark.parametrize("sliced", [False, True], ids=["direct", "getitem"])
+def test_broadcast_operand_does_not_glue_groups(rename, sliced):
+    n = 40
+    deps, _, f = rename(_broadcast_graph(n, sliced))
+    p = plan(deps, W4, min_tasks=1)
+    check_plan(p, deps, W4)
+    assert p.applied, p.reason
+    for i in range(n):
+        assert p.assignment[f(f"y{i}")] == p.assignment[f(f"x{i}")]
+    counts = Counter(p.assignment[f(f"x{i}")] for i in range(n))
+    assert len(counts) == 4 and max(counts.values()) <= 12
+
+
+def test_all_to_all_inputs_are_not_broadcasts():
+    """Every output reads a slice of every input: many candidates per consumer."""
+    from autorestrictor.graph import build_graph
+    from autorestrictor.planner import find_broadcasts
+
+    deps = {f"i{a}": [] for a in range(20)}
+    for a in range(20):
+        for b in range(20):
+            deps[f"s{a}-{b}"] = [f"i{a}"]
+    for b in range(20):
+        deps[f"o{b}"] = [f"s{a}-{b}" for a in range(20)]
+    assert not find_broadcasts(build_graph(deps), 4).any()
+    # while a single shared operand is one (its slices go with their readers)
+    g = build_graph(_broadcast_graph(40, sliced=True))
+    marked = {g.keys[i] for i in np.flatnonzero(find_broadcasts(g, 4))}
+    assert marked == {"w"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 5), st.integers(2, 5), st.integers(3, 8),
+       st.booleans())
+def test_adding_a_broadcast_keeps_subgraphs_together(seed, n_workers, per_worker, size, sliced):
+    rng = random.Random(seed)
+    graphs = independent_subgraphs(rng, n_workers * per_worker * 4, size)
+    deps = {k: v for g in graphs for k, v in g.items()}
+    workers = {f"w{i}": 1 for i in range(n_workers)}
+    before = plan(deps, workers, min_tasks=1)
+    with_w = {"w": [], **deps}
+    for j, g in enumerate(graphs):  # every subgraph's first task reads the operand
+        first = next(iter(g))
+        if sliced:
+            with_w[("slice", j)] = ["w"]
+        with_w[first] = [*with_w[first], ("slice", j) if sliced else "w"]
+    after = plan(with_w, workers, min_tasks=1)
+    check_plan(after, with_w, workers)
+    assert after.applied, after.reason
+
+    def together(p):
+        return {frozenset(p.assignment[k] for k in g) for g in graphs}
+
+    assert all(len(ws) == 1 for ws in together(after)), "a subgraph was split"
+    assert all(len(ws) == 1 for ws in together(before))
+
+
+def test_work_placed_at_run_time_is_left_to_dask(rename):
+    r"""
+    A P2P shuffle: partitions -> transfers -> barrier -> outputs -> per-output work
+
+        p0  p1  p2  p3 ...        (partitions)
+        |   |   |   |
+        t0  t1  t2  t3 ...        (transfers, pinned with their partition)
+         \  |   |  /
+          barrier                 (P2P picks each output's worker at run time)
+         /  |   |  \
+        o0  o1  o2  o3 ...        (outputs) -> g0 g1 g2 g3 ... (work on them)
+
+    The barrier, the outputs and the work after them are left to Dask.
+    """
+    n = 40
+    deps = {}
+    for i in range(n):
+        deps[f"p{i}"], deps[f"t{i}"] = [], [f"p{i}"]
+    deps["barrier"] = [f"t{i}" for i in range(n)]
+    for i in range(n):
+        deps[f"o{i}"], deps[f"g{i}"] = ["barrier"], [f"o{i}"]
+    deps, _, f = rename(deps)
+    p = plan(deps, W4, min_tasks=1, placed_at_run_time=[f("barrier")])
+    check_plan(p, deps, W4)
+    after = {f("barrier")} | {f(f"{x}{i}") for x in "og" for i in range(n)}
+    assert p.applied and not after & set(p.assignment)
+    assert {f(f"t{i}") for i in range(n)} <= set(p.assignment)

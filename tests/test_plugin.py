@@ -17,6 +17,7 @@ from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
+from autorestrictor.plugin import HOLD
 
 SMALL = {"autorestrictor.min-tasks": 1}
 
@@ -66,22 +67,37 @@ async def test_fewer_transfers_than_without(c, s, *workers):
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
-async def test_leaves_restricted_annotated_and_actor_tasks_alone(c, s, a, b):
+async def test_leaves_restricted_and_opted_out_tasks_alone(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
-    with dask.annotate(workers=[b.address], allow_other_workers=False):
-        x = da.ones((10, 20), chunks=(10, 1)) + 1
+    ev = Event()
+    free = [dask.delayed(slow_block)(i, ev) for i in range(20)]
     with dask.annotate(autorestrict=False):
-        y = da.ones((10, 20), chunks=(10, 1)) * 3
-    z = c.persist(x.sum(axis=1) + y.sum(axis=1))
-    await wait(z)
-    for ts in s.tasks.values():
-        if ts.key[0].startswith("add") and ts.run_spec is not None and ts.key[0] == x.name:
-            assert ts.worker_restrictions == {b.address}
-    for key in dask.core.flatten(y.__dask_keys__()):
-        ts = s.tasks.get(key)
-        if ts is not None:
-            assert not ts.worker_restrictions
-    np.testing.assert_array_equal(await c.compute(z), np.full(10, 100.0))
+        out = [dask.delayed(slow_block)(i + 100, ev) for i in range(20)]
+    with dask.annotate(workers=[b.address], allow_other_workers=False):
+        mine = [dask.delayed(slow_block)(i + 200, ev) for i in range(20)]
+    fut = c.compute(dask.delayed(sum)(free + out + mine))
+    await async_poll_for(lambda: s.plugins["autorestrictor"].history, timeout=5)
+    # checked while the tasks are blocked, so every one of them is still known
+    tasks = {name: [s.tasks[d.key] for d in group]
+             for name, group in (("free", free), ("out", out), ("mine", mine))}
+    assert all(ts.worker_restrictions == {b.address} for ts in tasks["mine"])
+    assert not any(ts.worker_restrictions for ts in tasks["out"])
+    assert all(ts.worker_restrictions for ts in tasks["free"]), "free tasks are pinned"
+    await ev.set()
+    assert await fut == sum(range(20)) + sum(range(100, 120)) + sum(range(200, 220))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_opting_a_whole_array_computation_out(c, s, a, b):
+    """Annotations made while building a dask array do not reach the scheduler
+    (array expressions drop them); around ``compute`` they do."""
+    await c.register_plugin(AutoRestrictor())
+    with dask.annotate(autorestrict=False):
+        fut = c.compute(seed_like(n_chunks=20))
+    await async_poll_for(lambda: s.plugins["autorestrictor"].history, timeout=5)
+    assert s.plugins["autorestrictor"].history[-1]["n_pinned"] == 0
+    assert not any(ts.worker_restrictions for ts in s.tasks.values())
+    assert (await fut).sum() == 20 * 1000
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
@@ -258,7 +274,8 @@ async def _many_graphs(c, s, n):
     for i in range(n):
         await c.compute(da.ones((10, 8), chunks=(10, 1)).sum(axis=1) + i)
         sizes.append((sum(map(len, p.runs.values())), len(p.held), len(p.state.held_at)))
-    assert max(sizes[1:]) <= sizes[0], sizes
+    for i, name in enumerate(("pinned tasks", "held queues", "held roots")):
+        assert max(size[i] for size in sizes[1:]) <= sizes[0][i], (name, sizes)
     assert len(p.history) == 10
 
 
@@ -373,8 +390,28 @@ async def test_graph_sharing_keys_with_one_in_flight(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
     ev = Event()
     x = da.ones((100, 20), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    x = c.persist(x)  # in flight: its chunks wait for the event
     f1 = c.compute(x.sum(axis=1))
     f2 = c.compute((x * 2).sum(axis=1))  # shares every chunk of x with f1
+    await async_poll_for(lambda: len(s.plugins["autorestrictor"].history) == 3, timeout=5)
+    plans = s.plugins["autorestrictor"].history
+    assert all(p["reason"] is None for p in plans), plans
+    state = s._autorestrictor
+
+    def where(ts):
+        if ts.processing_on is not None:
+            return ts.processing_on.address
+        if ts.worker_restrictions == {HOLD}:
+            return state.held_at[ts.key]
+        (addr,) = ts.worker_restrictions
+        return addr
+
+    # the second graph's work on each shared chunk follows the chunk
+    chunks = [s.tasks[k] for k in dask.core.flatten(x.__dask_keys__())]
+    followers = [(ts, d) for ts in chunks for d in ts.dependents if d.state != "memory"]
+    assert len({d.key for _, d in followers}) >= 20, "the loop must see the second graph"
+    pairs = [(where(ts), where(d)) for ts, d in followers if len(d.dependencies) == 1]
+    assert pairs and all(a == b for a, b in pairs), (pairs, list(plans))
     await ev.set()
     r1, r2 = await c.gather([f1, f2])
     np.testing.assert_array_equal(r2, 2 * r1)
@@ -426,9 +463,12 @@ class _Flaky:
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_retries(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
+    _Flaky.seen.clear()
     x = da.ones((100, 20), chunks=(100, 1)).map_blocks(_Flaky(), dtype=float)
     result = await c.compute(x.sum(axis=1), retries=2)
     np.testing.assert_array_equal(result, np.full(100, 20.0))
+    assert len(_Flaky.seen) == 20, "every block failed once and was retried"
+    assert s.plugins["autorestrictor"].history[-1]["n_pinned"] > 0
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
@@ -455,7 +495,14 @@ async def test_p2p_shuffle_is_left_to_p2p(c, s, *workers):
     df = dd.from_pandas(pdf, npartitions=20)
     with dask.config.set({"dataframe.shuffle.method": "p2p"}):
         out = df.shuffle("id").groupby("id").v.sum()
-        result = await c.compute(out)
+        fut = c.compute(out)
+    await async_poll_for(lambda: s.plugins["autorestrictor"].history, timeout=5)
+    barriers = [ts for ts in s.tasks.values() if str(ts.key).startswith("shuffle-barrier-")]
+    assert barriers, "the loop must see P2P's barrier"
+    ours = {k for units in s._autorestrictor.runs.values() for u in units for k in u.keys}
+    for ts in barriers:  # P2P reads the barrier's pins to choose its workers
+        assert ts.key not in ours and not {d.key for d in ts.dependents} & ours
+    result = await fut
     pd.testing.assert_series_equal(
         result.sort_index(), pdf.groupby("id").v.sum().sort_index(), check_names=False
     )

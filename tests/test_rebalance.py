@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import runs as random_runs
 
 from autorestrictor.rebalance import Move, Run, rebalance
 
@@ -86,20 +87,8 @@ def test_bad_input_names_the_worker():
         rebalance({"w4": [1.0]})
 
 
-runs_strategy = st.dictionaries(
-    st.sampled_from(list("abcdef")),
-    st.builds(
-        Run,
-        units=st.lists(st.floats(0.01, 10), max_size=30),
-        started=st.floats(0, 5),
-        speed=st.floats(0.1, 4),
-    ),
-    min_size=1,
-)
-
-
 @settings(max_examples=300, deadline=None)
-@given(runs_strategy, st.floats(0, 2))
+@given(random_runs(), st.floats(0, 2))
 def test_properties(runs, min_gain):
     moves = rebalance(runs, min_gain=min_gain)
     after = apply(runs, moves)  # asserts every move takes a tail the donor has
@@ -116,3 +105,18 @@ def test_properties(runs, min_gain):
     assert max(new.values()) <= max(old.values()) + 1e-9, "no move makes the finish later"
     for m in moves:
         assert m.count >= 1 and m.start >= 1, "a donor keeps the unit it is about to start"
+
+
+def test_the_cut_lands_where_a_subtree_starts():
+    """
+    units of a reduction's chunks, in order; the first chunk of each block of
+    four carries the block's partial sum (3 tasks), of sixteen the next level too:
+      0 ..   4 ..   8 ..  12 ..  16 ..  20 ..  24 ..  28 ..
+      4 1 1 1 3 1 1 1 3 1 1 1 3 1 1 1 4 1 1 1 3 1 1 1 3 1 1 1 3 1 1 1
+    an even split would cut at 17; the cut moves to 16, where a subtree starts
+    """
+    units = []
+    for i in range(32):
+        units.append(4.0 if i % 16 == 0 else 3.0 if i % 4 == 0 else 1.0)
+    (m,) = rebalance({"a": Run(units), "b": Run([])})
+    assert m.start == 16

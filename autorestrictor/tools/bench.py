@@ -379,8 +379,12 @@ def measure(
                 _During(spec.during, client, cluster, t0, scale, sampler, names)
                 if spec.during else None
             )
+            extra: dict = {}
             if spec.submit is not None:
                 results = spec.submit(client, collections)
+                if isinstance(results, dict):
+                    extra = {k: v for k, v in results.items() if k != "results"}
+                    results = results["results"]
             else:
                 results = client.compute(collections, sync=True)
             wall = time.time() - t0
@@ -412,6 +416,7 @@ def measure(
         "tasks_per_worker": _task_counts(stream, sorted(set(names.values()))),
         "checksum": checksum(results),
         **plans,
+        **extra,
     }
     if events is not None:
         row["events"] = events

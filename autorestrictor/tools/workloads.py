@@ -36,6 +36,8 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+import autorestrictor
+
 #: Seed used by every workload, so that all modes see the same numbers.
 SEED = 20260801
 
@@ -70,7 +72,9 @@ class Workload:
     submit : callable, optional
         ``submit(client, collections) -> list`` of results, replacing the
         bench's ``client.compute(collections, sync=True)``; e.g. to submit
-        the collections as separate graphs.
+        the collections as separate graphs. It may instead return
+        ``{"results": [...], **extra}``; ``extra`` (JSON-able) goes into the
+        row.
     """
 
     name: str
@@ -235,6 +239,59 @@ def persisted(scale: float, client) -> list:
     x = client.persist(x)
     wait(x)
     return [(x + 1).sum(axis=1)]
+
+
+# --------------------------------------------------------------------------
+# small shared operands
+
+
+def broadcast(scale: float, client=None) -> list:
+    """The seed's column sum, each column weighted by one small shared vector.
+
+    ``w`` is one chunk of 200 weights, sliced (``getitem``) for every column
+    chunk of ``x``: a broadcast operand that every chunk reads. 2 GB of chunk
+    data at scale 1.
+    """
+    rows = _scaled(1_250_000, scale)
+    x = _ints(da.random.default_rng(SEED), (rows, 200), (rows, 1))
+    w = da.arange(1, 201, chunks=200).astype("f8")
+    return [(x * w[None, :] + 1).sum(axis=1)]
+
+
+def _two_pass_graph(seed: int, scale: float):
+    """Four row blocks of 200 column chunks, each column weighted by its own tiny chunk.
+
+    Every weight chunk is read by the four row blocks (as many readers as
+    workers), so only its size, not the graph's shape, says it is light.
+    """
+    rows = _scaled(300_000, scale)
+    x = _ints(da.random.default_rng(seed), (4 * rows, 200), (rows, 1))
+    w = da.arange(1, 201, chunks=1).astype("f8")
+    return (x * w[None, :]).sum(axis=1)
+
+
+def two_pass(scale: float, client=None) -> list:
+    """The same kind of graph twice; the second is planned with learned sizes."""
+    return [_two_pass_graph(SEED, scale), _two_pass_graph(SEED + 1, scale)]
+
+
+def _bytes_sent(dask_worker) -> int:
+    return dask_worker.transfer_outgoing_bytes_total
+
+
+def _submit_in_turn(client, collections) -> dict:
+    """Compute the collections one after the other; report each pass's bytes and plan."""
+    results, passes = [], []
+    for c in collections:
+        before = sum(client.run(_bytes_sent).values())
+        results.append(client.compute(c, sync=True))
+        record = {"bytes_moved": sum(client.run(_bytes_sent).values()) - before}
+        plans = autorestrictor.last_plans(client)  # empty without the plugin
+        if plans:
+            record["sizes"] = plans[-1].get("sizes")
+            record["reason"] = plans[-1].get("reason")
+        passes.append(record)
+    return {"results": results, "passes": passes}
 
 
 # --------------------------------------------------------------------------
@@ -480,6 +537,10 @@ WORKLOADS: dict[str, Workload] = {
         Workload("dataframe-shuffle", "P2P shuffle on id, per-partition groupby",
                  dataframe_shuffle),
         Workload("chains", "100 independent 4-stage chains, 3 outputs each", chains),
+        Workload("broadcast", "column sum, every chunk times one shared weight vector",
+                 broadcast),
+        Workload("two-pass", "weighted row-block sums, twice: sizes learned from the first",
+                 two_pass, submit=_submit_in_turn),
         Workload("slow-worker", "waiting 2 MB chunks summed; worker 0 is 3x slower",
                  slow_worker, workers=4),
         Workload("skewed-cost", "waiting 2 MB chunks summed; first quarter costs 5x",

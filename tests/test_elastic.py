@@ -1,0 +1,213 @@
+"""The plan bends when the cluster does: slow workers, joins, other graphs,
+paused workers, and a plugin registered again or removed (``gen_cluster``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Event, Worker, get_worker
+from distributed.core import Status
+from distributed.utils_test import async_poll_for, gen_cluster, inc
+
+import autorestrictor
+from autorestrictor import AutoRestrictor
+from autorestrictor.plugin import HOLD
+
+SMALL = {"autorestrictor.min-tasks": 1}
+
+
+def pinned(s):
+    """Tasks the plugin pinned, by worker."""
+    out = {}
+    for addr, units in s._autorestrictor.runs.items():
+        out[addr] = out.get(addr, 0) + sum(len(u.keys) for u in units)
+    return out
+
+
+def _paced(block, slow, fast_s=0.005, slow_s=0.05):
+    """Wait a little, ten times longer on the worker ``slow``."""
+    time.sleep(slow_s if get_worker().address == slow else fast_s)
+    return block
+
+
+def _blocked(block, ev):
+    ev.wait()
+    return block
+
+
+async def blocked_reduction(c, s, n_chunks, **options):
+    await c.register_plugin(AutoRestrictor(**options))
+    ev = Event()
+    x = da.ones((100, n_chunks), chunks=(100, 1)).map_blocks(_blocked, ev, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: getattr(s, "_autorestrictor", None) and pinned(s), timeout=5)
+    return ev, fut
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_slow_worker_gives_away_the_far_end_of_its_run(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    x = da.ones((10, 60), chunks=(10, 1)).map_blocks(_paced, a.address, dtype=float)
+    result = await c.compute(x.sum(axis=0))
+    np.testing.assert_array_equal(result, np.full(60, 10.0))
+    moves = await autorestrictor.last_rebalances(c)
+    assert moves and all(m["to"] == b.address for m in moves), moves
+    assert all(m["action"] == "rebalance" and m["tasks"] > 0 and m["why"] for m in moves)
+    # the fast worker ran most of the chunks, not the half the plan gave it
+    assert b.state.executed_count >= 1.5 * a.state.executed_count
+    assert not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "autorestrictor.rebalance": False})
+async def test_rebalance_can_be_switched_off(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    x = da.ones((10, 30), chunks=(10, 1)).map_blocks(_paced, a.address, dtype=float)
+    await c.compute(x.sum(axis=0))
+    assert await autorestrictor.last_rebalances(c) == []
+    # the plan, as dealt (the final concatenation runs on one of them)
+    assert abs(a.state.executed_count - b.state.executed_count) <= 1
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_joining_worker_takes_a_fair_share_of_what_remains(c, s, a, b):
+    ev, fut = await blocked_reduction(c, s, 60)
+    remaining = sum(ts.state != "memory" for ts in s.tasks.values() if ts.run_spec)
+    async with Worker(s.address, nthreads=1) as new:
+        await async_poll_for(lambda: pinned(s).get(new.address, 0) > 0, timeout=5)
+        await ev.set()
+        np.testing.assert_array_equal(await fut, np.full(100, 60.0))
+        # at least half of a fair share (a third) of what remained
+        assert new.state.executed_count >= remaining / 3 / 2, (
+            new.state.executed_count, remaining)
+    moves = await autorestrictor.last_rebalances(c)
+    assert {m["to"] for m in moves} == {new.address}
+
+
+def _chain(i, n, ev):
+    x = dask.delayed(_blocked)(i, ev)
+    for _ in range(n - 1):
+        x = dask.delayed(inc)(x)
+    return x
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=SMALL)
+async def test_graphs_submitted_together_spread_over_the_cluster(c, s, *workers):
+    await c.register_plugin(AutoRestrictor())
+    ev = Event()
+    first = c.compute(dask.delayed(list)([_chain(i, 10, ev) for i in (0, 1)]))
+    await async_poll_for(lambda: len(s._autorestrictor.history) == 1, timeout=5)
+    second = c.compute(dask.delayed(list)([_chain(i, 10, ev) for i in (2, 3)]))
+    await async_poll_for(lambda: len(s._autorestrictor.history) == 2, timeout=5)
+    plans = list(s._autorestrictor.history)
+    assert all(p["reason"] is None for p in plans), plans
+    used = [set(p["pinned_per_worker"]) for p in plans]
+    assert len(used[0]) == len(used[1]) == 2
+    assert not used[0] & used[1], "the second graph went to the workers the first left idle"
+    await ev.set()
+    assert await first == [9, 10] and await second == [11, 12]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_registering_again_mid_run_takes_over(c, s, a, b):
+    ev, fut = await blocked_reduction(c, s, 40)
+    held = len(s._autorestrictor.held_at)
+    assert held > 0
+    with pytest.warns(UserWarning, match="overwriting"):
+        await c.register_plugin(AutoRestrictor())
+    assert len(s._autorestrictor.held_at) == held, "the new instance owns the held roots"
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 40.0))
+    assert not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "autorestrictor.check-interval": 0.05})
+async def test_unregistering_mid_run_hands_every_pin_back(c, s, a, b):
+    ev, fut = await blocked_reduction(c, s, 40)
+    assert any(ts.worker_restrictions == {HOLD} for ts in s.tasks.values())
+    await c.unregister_scheduler_plugin("autorestrictor")
+    await async_poll_for(
+        lambda: not any(ts.worker_restrictions for ts in s.tasks.values()), timeout=5
+    )
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 40.0))
+    assert not s.unrunnable
+    assert not hasattr(s, "_autorestrictor")
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "autorestrictor.paused-timeout": 0.2,
+                     "autorestrictor.check-interval": 0.05,
+                     # the memory monitor would resume the worker at once
+                     "distributed.worker.memory.pause": False})
+async def test_paused_worker_units_move_after_the_timeout(c, s, a, b):
+    ev, fut = await blocked_reduction(c, s, 40)
+    assert pinned(s).get(a.address, 0) > 0
+    a.status = Status.paused
+    await async_poll_for(lambda: s.workers[a.address].status == Status.paused, timeout=5)
+    await async_poll_for(lambda: not pinned(s).get(a.address), timeout=5)
+    events = [e for _, e in s.get_events("autorestrictor") if e["action"] == "rehomed"]
+    assert events and "paused" in events[-1]["why"]
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 40.0))
+    assert not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3,
+             config={**SMALL, "distributed.scheduler.worker-saturation": 1.0})
+async def test_rehomed_roots_wait_for_a_free_thread(c, s, a, b, w3):
+    ev, fut = await blocked_reduction(c, s, 60)
+    await async_poll_for(lambda: all(w.state.executing_count for w in (a, b, w3)), timeout=5)
+    victim = max(pinned(s), key=pinned(s).get)
+    await s.remove_worker(victim, stimulus_id="test")
+    limit = math.ceil(1.0 * 1)
+    assert all(len(ws.processing) <= limit for ws in s.workers.values()), {
+        ws.address: len(ws.processing) for ws in s.workers.values()}
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 60.0))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
+async def test_a_hook_that_raises_strands_nothing(c, s, a, b, w3):
+    ev, fut = await blocked_reduction(c, s, 30)
+    plugin = s.plugins["autorestrictor"]
+    real = plugin._rehome
+    calls = []
+
+    def fail_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return real(*args)
+
+    plugin._rehome = fail_once
+    victim = max(pinned(s), key=pinned(s).get)
+    await s.remove_worker(victim, stimulus_id="test")
+    assert len(calls) == 2, "the sweep re-homed what the failed hook left"
+    faults = [e for _, e in s.get_events("autorestrictor") if e["action"] == "fault"]
+    assert faults and faults[-1]["where"] == "remove_worker"
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 30.0))
+    assert not s.unrunnable
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "distributed.scheduler.no-workers-timeout": "0s"})
+async def test_zero_no_workers_timeout_keeps_admission(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    assert s.plugins["autorestrictor"]._admission
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "distributed.scheduler.no-workers-timeout": "30s"})
+async def test_no_workers_timeout_turns_admission_off(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    assert not s.plugins["autorestrictor"]._admission
+    assert (await c.compute(da.ones((10, 20), chunks=(10, 1)).sum(axis=1))).sum() == 200
