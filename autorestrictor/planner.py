@@ -774,6 +774,8 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
     n_items = len(load)
     if n_items == 0:
         return np.zeros(0, dtype=np.int64)
+    if load.sum() <= 0:  # nothing to balance (broadcast operands cost nothing)
+        return np.full(n_items, int(np.argmax(capacity)), dtype=np.int64)
     if capacity.sum() <= 0:  # everyone is full with placed data: spread evenly
         capacity = np.ones_like(capacity)
     total = float(load.sum())
