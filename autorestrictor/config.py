@@ -41,6 +41,7 @@ class Options:
     admission: bool
     rebalance: bool
     rebalance_min_gain: float
+    rebalance_min_left: float
     rebalance_interval: float
     paused_timeout: float
     check_interval: float

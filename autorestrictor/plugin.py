@@ -77,15 +77,23 @@ HOLD = "autorestrictor://held"
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
 
 #: A worker counts as slower or faster than the others only when its pace
-#: differs from 1 by more than this factor: on a shared machine, CPU-bound
-#: tasks on equal workers vary by a third from one worker to the next, and
-#: moving work on that noise costs transfers for nothing.
-_PACE_NOISE = 1.5
+#: differs from the median worker's by more than this factor: on a shared
+#: machine, CPU-bound tasks on equal workers vary by a third or more from one
+#: worker to the next (in the bench's vorticity, one worker once looked five
+#: times slower for a while), and moving work on that noise costs transfers
+#: for nothing.
+_PACE_NOISE = 2.0
+
+#: Tasks a worker must have finished before its pace counts. A run's first
+#: tasks pay for imports, page faults and a cold cache; a worker that
+#: finished a few of them early looked five times faster than the others in
+#: the seed example, and took far too much.
+_PACE_MIN_TASKS = 16
 
 #: Weight of the newest task in a worker's pace (an exponential average).
-#: A fifth: after a dozen tasks a worker that became three times slower is
-#: seen as more than twice slower; one odd task moves the pace by at most 20%.
-_PACE_WEIGHT = 0.2
+#: A tenth: after twenty tasks a worker that became three times slower is
+#: seen as more than twice slower; one odd task moves the pace by at most 10%.
+_PACE_WEIGHT = 0.1
 
 
 @dataclasses.dataclass(eq=False)
@@ -113,7 +121,7 @@ class State:
         self.runs: dict[str, list[Unit]] = defaultdict(list)  # worker -> units, in order
         self.held: dict[str, list] = defaultdict(list)  # worker -> heap of (priority, key)
         self.held_at: dict = {}  # key -> the queue that currently owns it
-        self.pace: dict[str, float] = {}  # worker -> observed pace (1.0: average)
+        self.pace: dict[str, tuple[float, int]] = {}  # worker -> (pace, tasks seen)
         self.prefix_mean: dict[str, tuple[float, int]] = {}  # prefix -> (seconds, count)
         self.prefix_bytes: dict[str, tuple[float, int]] = {}  # prefix -> (bytes, count)
         self.history: deque[dict] = deque(maxlen=history)  # plans
@@ -521,8 +529,8 @@ class AutoRestrictor(SchedulerPlugin):
         mean += (took - mean) / n
         st.prefix_mean[name] = (mean, n)
         pace = mean / took
-        old = st.pace.get(worker)
-        st.pace[worker] = pace if old is None else old + _PACE_WEIGHT * (pace - old)
+        old, seen = st.pace.get(worker, (pace, 0))
+        st.pace[worker] = (old + _PACE_WEIGHT * (pace - old), seen + 1)
 
     def _expected(self, ts) -> float:
         """Expected compute seconds of a task: its prefix's average so far."""
@@ -556,12 +564,16 @@ class AutoRestrictor(SchedulerPlugin):
         return self._task_seconds() * sum(u.cost for u in self.state.runs.get(addr, ()))
 
     def _speed(self, ws) -> float:
-        known = sorted(self.state.pace.values())
-        middle = known[len(known) // 2] if known else 1.0
-        pace = self.state.pace.get(ws.address, middle) / middle
+        """Threads times pace against the median worker; 1 until the pace is known."""
+        known = {w: p for w, (p, n) in self.state.pace.items() if n >= _PACE_MIN_TASKS}
+        pace = known.get(ws.address)
+        if pace is None or len(known) < 2:
+            return float(ws.nthreads)
+        values = sorted(known.values())
+        pace /= values[len(values) // 2]
         if 1 / _PACE_NOISE < pace < _PACE_NOISE:
             pace = 1.0
-        return max(pace, 1e-3) * ws.nthreads
+        return min(max(pace, 0.1), 10.0) * ws.nthreads
 
     def _seam_seconds(self) -> float:
         """What one more seam costs: a typical result sent once, twice over
@@ -583,18 +595,27 @@ class AutoRestrictor(SchedulerPlugin):
         running = list(self.scheduler.running)
         movable = {ws.address: self._movable(ws.address) for ws in running}
         idle = [a for a, m in movable.items() if not m]
-        if not idle or not any(len(m) > 1 for m in movable.values()):
+        # Near the end of its run, who finishes first is noise: a worker of
+        # ordinary pace gives work only while rebalance-min-left of its run
+        # has not started. A slow worker gives whenever others run out.
+        left = self.options.rebalance_min_left
+        speed = {ws.address: self._speed(ws) / ws.nthreads for ws in running}
+        gives = {a: m for a, m in movable.items() if len(m) > 1 and (
+            speed[a] < 1 or len(m) >= left * len(st.runs.get(a, ())))}
+        if not idle or not gives:
             return
         st.last_rebalance = now
         runs = {
             ws.address: Run(
-                units=[u.cost for u in movable[ws.address]],
-                pieces=[u.piece for u in movable[ws.address]],
-                started=float(len(ws.processing)),
+                units=[u.cost for u in gives.get(ws.address, ())],
+                pieces=[u.piece for u in gives.get(ws.address, ())],
+                started=float(len(ws.processing)) + (
+                    0.0 if ws.address in gives else sum(u.cost for u in movable[ws.address])),
                 speed=self._speed(ws),
             )
             for ws in running
         }
+        movable = gives
         costs = [u.cost for m in movable.values() for u in m]
         # Worth a seam only if it saves a unit's work, rebalance-min-gain
         # seconds, and what the seam's transfer costs.
@@ -609,8 +630,28 @@ class AutoRestrictor(SchedulerPlugin):
             self._schedule_release()
 
     def _move(self, units: list[Unit], donor: str, thief: str) -> None:
-        """Move unstarted units: their roots change queue, the rest change pin."""
+        """Move unstarted units: their roots change queue, the rest change pin.
+
+        A task of a moved unit that reads more from the donor's side than
+        from the moved units (the top of a reduction whose last block moves)
+        stays with the donor, in a unit of its own: at the seam, the smaller
+        side's result travels, as the planner's seams do.
+        """
         tasks = self.scheduler.tasks
+        moving = {k for u in units for k in u.keys}
+        staying: list = []
+        for _ in range(2):  # a second pass sees what the first left behind
+            for u in units:
+                keep = [u.keys[0]]
+                for k in u.keys[1:]:
+                    deps = tasks[k].dependencies if k in tasks else ()
+                    inside = sum(d.key in moving for d in deps)
+                    if 2 * inside < len(deps):
+                        staying.append(k)
+                        moving.discard(k)
+                    else:
+                        keep.append(k)
+                u.keys = keep
         pin = {thief}
         for u in units:
             root = tasks.get(u.keys[0])
@@ -623,17 +664,21 @@ class AutoRestrictor(SchedulerPlugin):
         gone = set(map(id, units))
         st = self.state
         st.runs[donor] = [u for u in st.runs[donor] if id(u) not in gone]
+        if staying:
+            st.runs[donor].append(Unit(staying, units[0].piece, units[-1].priority))
+            st.runs[donor].sort(key=_by_priority)
         st.runs[thief].extend(units)
         st.runs[thief].sort(key=_by_priority)
 
     def _record_rebalance(self, donor: str, thief: str, units: list[Unit]) -> None:
         n = sum(len(u.keys) for u in units)
-        pace = self.state.pace
+        workers = self.scheduler.workers
+        speed = {a: self._speed(workers[a]) if a in workers else 1.0 for a in (donor, thief)}
         msg = {
             "action": "rebalance", "from": donor, "to": thief, "tasks": n,
             "units": len(units),
             "why": f"{thief} ran out of unstarted work; {donor} would finish last "
-                   f"(pace {pace.get(donor, 1.0):.2f} vs {pace.get(thief, 1.0):.2f})",
+                   f"(speed {speed[donor]:.2f} vs {speed[thief]:.2f})",
             "time": time(),
         }
         self.state.moves.append(msg)

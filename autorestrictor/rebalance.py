@@ -161,10 +161,10 @@ def _cut(r: Run, n: int, amount: float) -> int:
     The tail's cost is the nearest to ``amount`` that a whole unit allows.
     Within a quarter of that tail, the cut then moves to a change of piece
     if there is one (a whole group moves rather than a group being cut), or
-    else to the heaviest unit: a unit that carries more tasks starts a
-    larger subtree (the partial sums of a block follow the block's first
-    chunk), so a cut there leaves one transfer at the seam, not one per
-    level of a reduction. The donor keeps at least its first unit, the one
+    else next to the heaviest unit: a unit that carries more tasks closes
+    (or opens) a larger subtree (the partial sums of a block follow one of
+    the block's chunks), so a cut there leaves one transfer at the seam,
+    not one per level of a reduction. The donor keeps at least its first unit, the one
     it is about to start.
     """
     if n <= 1 or amount <= 0:
@@ -184,7 +184,15 @@ def _cut(r: Run, n: int, amount: float) -> int:
         changes = [s for s in window if r.pieces[s] != r.pieces[s - 1]]
         if changes:
             return min(changes, key=lambda s: abs(s - start))
-    return max(window, key=lambda s: (float(r.units[s]), -abs(s - start)))
+    # The heaviest unit of a subtree comes first or last in run order,
+    # depending on how the graph's keys and dask.order number it; the run's
+    # own ends tell which (its first or last unit holds the group's top).
+    last = float(r.units[n - 1]) >= float(r.units[0])
+
+    def weight(s: int) -> float:
+        return float(r.units[s - 1] if last else r.units[s])
+
+    return max(window, key=lambda s: (weight(s), -abs(s - start)))
 
 
 def _check(runs: Mapping[str, Run]) -> None:

@@ -107,16 +107,18 @@ def test_properties(runs, min_gain):
         assert m.count >= 1 and m.start >= 1, "a donor keeps the unit it is about to start"
 
 
-def test_the_cut_lands_where_a_subtree_starts():
+@pytest.mark.parametrize("heavy_last", [False, True])
+def test_the_cut_lands_between_subtrees(heavy_last):
     """
-    units of a reduction's chunks, in order; the first chunk of each block of
-    four carries the block's partial sum (3 tasks), of sixteen the next level too:
-      0 ..   4 ..   8 ..  12 ..  16 ..  20 ..  24 ..  28 ..
-      4 1 1 1 3 1 1 1 3 1 1 1 3 1 1 1 4 1 1 1 3 1 1 1 3 1 1 1 3 1 1 1
-    an even split would cut at 17; the cut moves to 16, where a subtree starts
+    units of a reduction's chunks in run order; one chunk of each block of
+    four carries the block's partial sum (3 tasks), of sixteen the next level
+    too. Heavy first:
+      4 1 1 1 3 1 1 1 3 1 1 1 3 1 1 1 | 4 1 1 1 3 1 1 1 3 1 1 1 3 1 1 1
+    or heavy last (the same, reversed). An even split would cut at 17 (15);
+    the cut moves to 16, between two subtrees of sixteen.
     """
-    units = []
-    for i in range(32):
-        units.append(4.0 if i % 16 == 0 else 3.0 if i % 4 == 0 else 1.0)
+    units = [4.0 if i % 16 == 0 else 3.0 if i % 4 == 0 else 1.0 for i in range(32)]
+    if heavy_last:
+        units = units[::-1]
     (m,) = rebalance({"a": Run(units), "b": Run([])})
     assert m.start == 16

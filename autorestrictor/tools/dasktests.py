@@ -372,6 +372,8 @@ def pytest_configure(config) -> None:
     import distributed.utils_test
     from distributed.scheduler import Scheduler
 
+    # pytest-rerunfailures' mark; the tests run once here (no reruns)
+    config.addinivalue_line("markers", "flaky: rerun a flaky test (pytest-rerunfailures)")
     here = Path(str(config.rootpath)).resolve()
     installed = Path(distributed.__file__).resolve()
     if here in installed.parents:
@@ -411,6 +413,14 @@ def _patch(scheduler_cls) -> None:
     scheduler_cls.add_plugin = counting_add_plugin
 
 
+def pytest_collectreport(report) -> None:
+    if LOG_ENV in os.environ and report.failed:  # a file that does not collect
+        message, crash = _message(report)
+        _write({"kind": "test", "nodeid": report.nodeid, "outcome": "error",
+                "message": f"collection failed: {message}", "crash": crash,
+                "longrepr": report.longreprtext[-6000:]})
+
+
 def pytest_runtest_logstart(nodeid, location) -> None:
     if LOG_ENV in os.environ:
         _events.clear()
@@ -447,7 +457,9 @@ def _message(report) -> tuple[str, str]:
         return str(lr[2]), f"{lr[0]}:{lr[1]}"
     crash = getattr(lr, "reprcrash", None)
     if crash is None:
-        return (str(lr).strip().splitlines() or [""])[0], ""
+        lines = str(lr).strip().splitlines() or [""]
+        errors = [ln[1:].strip() for ln in lines if ln.startswith("E ")]
+        return (errors or lines)[0], ""
     return (crash.message.splitlines() or [""])[0], f"{crash.path}:{crash.lineno}"
 
 
