@@ -463,6 +463,12 @@ def find_groups(g: Graph, member: np.ndarray, heavy: np.ndarray) -> np.ndarray:
 #: reshape; deeper single-input chains are a chunk's own pipeline.
 _SLICE_DEPTH = 3
 
+#: Fewest tasks a broadcast must reach. A broadcast operand meets every
+#: chunk; a task read by a dozen others or fewer is as likely a busy task
+#: inside one small subgraph, and treating it as a broadcast would split
+#: that subgraph to save at most a dozen transfers.
+_MIN_BROADCAST_READERS = 12
+
 #: A broadcast is a pattern of few operands read by many: if consumers read
 #: more distinct broadcast candidates than this, the candidates are the
 #: inputs of an all-to-all (a rechunk, a transpose), not broadcasts.
@@ -481,9 +487,10 @@ def find_broadcasts(g: Graph, n_workers: int) -> np.ndarray:
     chunk's own input would be.
 
     a. A node is a candidate if it reaches more than ``_FANOUT_PER_WORKER``
-       tasks per worker, and more than the square root of the graph's size
-       (so that, on few workers, a busy task inside one small subgraph is
-       not taken for a broadcast; a broadcast reaches every chunk).
+       tasks per worker, more than the square root of the graph's size and
+       more than ``_MIN_BROADCAST_READERS`` (so that, on few workers, a busy
+       task inside one small subgraph is not taken for a broadcast; a
+       broadcast reaches every chunk).
     b. If the tasks the candidates reach typically read several of them,
        the pattern is an all-to-all (a rechunk, a transpose), not a
        broadcast, and nothing is marked.
@@ -497,7 +504,8 @@ def find_broadcasts(g: Graph, n_workers: int) -> np.ndarray:
     for _ in range(_SLICE_DEPTH):  # a reader counts once, a slice as what it reaches
         reach = np.bincount(src, weights=np.where(is_slice[dst], reach[dst], 1.0),
                             minlength=g.n)
-    candidate = reach > max(_FANOUT_PER_WORKER * n_workers, np.sqrt(g.n))
+    candidate = reach > max(_FANOUT_PER_WORKER * n_workers, np.sqrt(g.n),
+                            _MIN_BROADCAST_READERS)
     if not candidate.any():
         return candidate
     head = np.where(candidate, np.arange(g.n), -1)

@@ -182,7 +182,7 @@ def test_all_workloads_registered():
     assert set(WORKLOADS) == {
         "seed-sum", "a-plus-b", "anom-mean", "vorticity", "double-diff", "rechunk-swap",
         "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle", "chains",
-        *ELASTIC_WORKLOADS,
+        "broadcast", "two-pass", *ELASTIC_WORKLOADS,
     }
     assert set(ELASTIC_WORKLOADS) == {
         "slow-worker", "skewed-cost", "scale-up", "join-mid-run", "concurrent-graphs",
@@ -256,6 +256,23 @@ def test_small_bench(tmp_path):
         assert default["plan_s"] == 0.0 and plugin["plan_s"] > 0
         assert default["bytes_moved"] > 0
         assert plugin["bytes_moved"] <= default["bytes_moved"] / 10, (workload, plugin, default)
+
+
+def test_broadcast_kept_local_and_sizes_learned():
+    """A shared weight vector does not glue the chunks into one group, and a
+    second graph of the same kind is planned with the sizes the first showed."""
+    rows = {}
+    for mode in ("default", "autorestrictor"):
+        rows[mode] = bench.run_one("broadcast", mode, workers=4, scale=0.1, timeout=180)
+    default, plugin = rows["default"], rows["autorestrictor"]
+    assert default["checksum"] == plugin["checksum"]
+    assert plugin["plan_reasons"] == [], plugin["plan_reasons"]
+    assert plugin["bytes_moved"] <= default["bytes_moved"] / 5, (plugin, default)
+
+    row = bench.run_one("two-pass", "autorestrictor", workers=4, scale=0.1, timeout=180)
+    first, second = row["passes"]
+    assert first["sizes"]["learned"] == 0 and second["sizes"]["learned"] > 0, row["passes"]
+    assert second["bytes_moved"] < first["bytes_moved"] / 2, row["passes"]
 
 
 def test_elastic_workloads_report_per_worker():

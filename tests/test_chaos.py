@@ -38,8 +38,12 @@ def _transitions(dask_scheduler=None):
 ACTIONS = ("kill", "register-again", "unregister", "pause")
 
 
-def _set_status(dask_worker, status):
-    dask_worker.status = Status[status]
+def _pause(dask_worker):
+    dask_worker.status = Status.paused
+
+
+def _resume(dask_worker):
+    dask_worker.status = Status.running
 
 
 def _inject(client, rng: random.Random, action: str) -> None:
@@ -54,8 +58,8 @@ def _inject(client, rng: random.Random, action: str) -> None:
         client.unregister_scheduler_plugin("autorestrictor")
     else:  # pause a worker for a second, then let it resume
         victim = rng.choice(sorted(client.scheduler_info()["workers"]))
-        client.run(_set_status, "paused", workers=[victim])
-        timer = threading.Timer(1.0, client.run, (_set_status, "running"), {"workers": [victim]})
+        client.run(_pause, workers=[victim])
+        timer = threading.Timer(1.0, client.run, (_resume,), {"workers": [victim]})
         timer.start()
 
 

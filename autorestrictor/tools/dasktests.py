@@ -365,6 +365,8 @@ def _write(record: dict) -> None:
 
 
 def pytest_configure(config) -> None:
+    # pytest-rerunfailures' mark; the tests run once here (no reruns)
+    config.addinivalue_line("markers", "flaky: rerun a flaky test (pytest-rerunfailures)")
     if LOG_ENV not in os.environ:
         return
     import dask.config
@@ -372,8 +374,6 @@ def pytest_configure(config) -> None:
     import distributed.utils_test
     from distributed.scheduler import Scheduler
 
-    # pytest-rerunfailures' mark; the tests run once here (no reruns)
-    config.addinivalue_line("markers", "flaky: rerun a flaky test (pytest-rerunfailures)")
     here = Path(str(config.rootpath)).resolve()
     installed = Path(distributed.__file__).resolve()
     if here in installed.parents:
