@@ -593,6 +593,11 @@ class AutoRestrictor(SchedulerPlugin):
         if not force and now - st.last_rebalance < self.options.rebalance_interval:
             return
         running = list(self.scheduler.running)
+        # Cheap test first (the walk below is linear in pinned units): does
+        # any worker have an empty admission queue while another has a few?
+        queued = [len(st.held.get(ws.address, ())) for ws in running]
+        if min(queued, default=0) > 0 or max(queued, default=0) < 2:
+            return
         movable = {ws.address: self._movable(ws.address) for ws in running}
         idle = [a for a, m in movable.items() if not m]
         # Near the end of its run, who finishes first is noise: a worker of

@@ -568,3 +568,15 @@ async def test_registering_again_replaces_the_plugin(c, s, a, b):
     assert not first.is_running()
     assert s.periodic_callbacks["autorestrictor-release"].is_running()
     assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_sizes_are_learned_from_finished_tasks(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    await c.compute(seed_like(n_chunks=20, rows=1000))
+    await c.compute(seed_like(n_chunks=20, rows=1001))  # same prefixes, new keys
+    first, second = s.plugins["autorestrictor"].history
+    assert first["sizes"]["learned"] == 0 and first["sizes"]["assumed"] > 0
+    assert second["sizes"]["learned"] == second["n_tasks"], second["sizes"]
+    learned = s._autorestrictor.prefix_bytes
+    assert learned and all(size > 0 for size, _ in learned.values())
