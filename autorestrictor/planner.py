@@ -206,7 +206,8 @@ def plan(
     who_has:
         ``key -> worker address`` (or addresses) for keys whose worker is
         already decided: results in memory, or tasks pinned by someone else.
-        Work that consumes them follows them.
+        Work that consumes them follows them. A key held by several workers
+        (replicated) is local to each of them and draws its readers to none.
     skip:
         Keys the planner must not pin and whose location is unknown (actors,
         tasks with resource or host restrictions, opted-out tasks).
@@ -806,14 +807,20 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
         ):
             left -= filled
             cur, filled = cur + 1, 0.0
-            cap = left * capacity[cur] / capacity[cur:].sum()
+            cap = _share_of_rest(left, capacity, cur)
         out[i] = cur
         filled += x
         if cur < last and filled >= cap:
             left -= filled
             cur, filled = cur + 1, 0.0
-            cap = left * capacity[cur] / capacity[cur:].sum()
+            cap = _share_of_rest(left, capacity, cur)
     return out
+
+
+def _share_of_rest(left: float, capacity: np.ndarray, cur: int) -> float:
+    """Worker ``cur``'s share of ``left``, among the workers from ``cur`` on."""
+    rest = float(capacity[cur:].sum())
+    return left * float(capacity[cur]) / rest if rest > 0 else 0.0
 
 
 def _round_seams(
@@ -1216,11 +1223,12 @@ def _located(
         i = g.index.get(k)
         if i is None:
             continue
-        holders = [where] if isinstance(where, str) else sorted(where)
-        for h in holders:
-            if h in widx:
-                located[i] = widx[h]
-                break
+        holders = [where] if isinstance(where, str) else list(where)
+        known = [widx[h] for h in holders if h in widx]
+        if len(known) == 1:
+            located[i] = known[0]
+        # held by several workers (replicated, scattered with broadcast=True):
+        # local to each of them, so it draws its readers to none
     return located
 
 

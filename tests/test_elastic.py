@@ -11,7 +11,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Event, Worker, get_worker
+from distributed import Event, Worker, get_worker, wait
 from distributed.core import Status
 from distributed.utils_test import async_poll_for, gen_cluster, inc
 
@@ -211,3 +211,42 @@ async def test_no_workers_timeout_turns_admission_off(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
     assert not s.plugins["autorestrictor"]._admission
     assert (await c.compute(da.ones((10, 20), chunks=(10, 1)).sum(axis=1))).sum() == 200
+
+
+def _after(dep, i, ev):
+    ev.wait()
+    return dep + i
+
+
+@gen_cluster(client=True, nthreads=[("", 2), ("", 2)], config=SMALL)
+async def test_rootish_tasks_with_a_small_input_are_admitted_too(c, s, a, b):
+    """Forty tasks reading one small task: Dask would queue them (root-ish);
+    the plugin holds them, so no worker gets more than worker-saturation
+    allows (dask/distributed's test_deadlock_dependency_of_queued_released_*
+    failed this way with the plugin)."""
+    await c.register_plugin(AutoRestrictor())
+    ev = Event()
+    d = dask.delayed(inc)(1)
+    total = dask.delayed(sum)([dask.delayed(_after)(d, i, ev) for i in range(40)])
+    fut = c.compute(total)
+    await async_poll_for(lambda: a.state.executing_count and b.state.executing_count, timeout=5)
+    limit = math.ceil(s.WORKER_SATURATION * 2)
+    assert all(len(ws.processing) <= limit for ws in s.workers.values()), {
+        ws.address: len(ws.processing) for ws in s.workers.values()}
+    assert len(s._autorestrictor.held_at) >= 40 - 2 * limit
+    await ev.set()
+    assert await fut == 40 * 2 + sum(range(40))
+
+
+@gen_cluster(client=True, nthreads=[("", 1), ("", 2)], config=SMALL)
+async def test_replicated_data_draws_its_readers_to_no_worker(c, s, a, b):
+    """Data on every worker is local everywhere: its readers are dealt by
+    threads, not all pulled to the first holder (distributed's
+    test_distribute_tasks_by_nthreads failed this way with the plugin)."""
+    await c.register_plugin(AutoRestrictor())
+    x = await c.scatter(1, broadcast=True)
+    futures = c.map(inc, range(30), pure=False, key=[f"r-{i}" for i in range(30)])
+    futures = c.map(lambda y, x: y + x, futures, x=x, key=[f"s-{i}" for i in range(30)])
+    await wait(futures)
+    assert s._autorestrictor.history[-1]["reason"] is None
+    assert a.state.executed_count > 0 and b.state.executed_count > a.state.executed_count

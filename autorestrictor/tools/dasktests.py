@@ -47,9 +47,6 @@ DEFAULT_FILES = (
     "test_cancelled_state.py",
     "test_client.py",
 )
-#: The files run with ``--runslow`` unless ``--slow`` says otherwise.
-DEFAULT_SLOW = DEFAULT_FILES
-
 MODES: dict[str, dict[str, str]] = {
     "without": {},
     "with": {
@@ -61,7 +58,7 @@ MODES: dict[str, dict[str, str]] = {
 #: Set by the runner for the pytest process: where the plugin appends its records.
 LOG_ENV = "AUTORESTRICTOR_DASKTESTS_LOG"
 
-BAD = ("failed", "error", "crashed", "xpassed")
+BAD = ("failed", "error", "crashed")  # an xpass fails only if strict, and pytest says so
 TESTS_DIR = "distributed/tests"
 
 
@@ -221,9 +218,7 @@ def counts(tests: dict) -> dict[str, Counter]:
 
 
 def _column(outcome: str) -> str:
-    if outcome in ("failed", "xpassed", "crashed"):
-        return "failed"
-    return {"xfailed": "skipped"}.get(outcome, outcome)
+    return {"crashed": "failed", "xfailed": "skipped", "xpassed": "passed"}.get(outcome, outcome)
 
 
 def plugin_only(without: dict, with_: dict) -> list[str]:
@@ -258,11 +253,12 @@ def _planned(tests: dict, file: str | None = None) -> int:
                if r.get("plans_applied") and (file is None or file_of(n) == file))
 
 
-def report(out: Path, rechecks: dict | None = None) -> str:
+def report(out: Path) -> str:
     """The comparison of ``results-without.json`` and ``results-with.json``, as Markdown."""
     res = {m: json.loads((out / f"results-{m}.json").read_text()) for m in MODES}
     without, with_ = res["without"]["tests"], res["with"]["tests"]
     only = plugin_only(without, with_)
+    rechecks = recheck_summary(out, only)
     faults = sorted(n for n, r in with_.items() if r.get("faults") or r.get("plan_errors"))
     lines = [table(without, with_), "",
              f"Plugin installed on a scheduler in {_count(with_, 'installs')} tests; "
@@ -273,7 +269,7 @@ def report(out: Path, rechecks: dict | None = None) -> str:
         r = with_[n]
         lines.append(f"- `{n}`: {r['outcome']} ({without.get(n, {}).get('outcome', 'absent')} "
                      f"without); plans {r.get('plans_applied', 0)}; {r.get('message', '')}")
-        if rechecks and n in rechecks:
+        if n in rechecks:
             lines.append(f"  - re-run: {rechecks[n]}")
     text = "\n".join(lines) + "\n"
     (out / "comparison.md").write_text(text)
@@ -284,22 +280,30 @@ def _count(tests: dict, field: str) -> int:
     return sum(1 for r in tests.values() if r.get(field))
 
 
-def recheck(out: Path, workdir: Path, args: argparse.Namespace) -> dict[str, str]:
+def recheck(out: Path, workdir: Path, args: argparse.Namespace) -> None:
     """Run the plugin-only failures again, ``args.recheck`` times in each mode."""
     res = {m: json.loads((out / f"results-{m}.json").read_text())["tests"] for m in MODES}
-    only = plugin_only(res["without"], res["with"])
-    if not only or not args.recheck:
-        return {}
     targets: dict[str, list[str]] = {}
-    for n in only:
+    for n in plugin_only(res["without"], res["with"]):
         targets.setdefault(file_of(n), []).append(n)
-    bad = {m: Counter() for m in MODES}
-    for i in range(args.recheck):
+    for i in range(args.recheck if targets else 0):
         for m in MODES:
-            tests = run_mode(m, workdir, out, args, targets, tag=f"recheck{i}-")["tests"]
+            run_mode(m, workdir, out, args, targets, tag=f"recheck{i}-")
+
+
+def recheck_summary(out: Path, only: list[str]) -> dict[str, str]:
+    """Per plugin-only failure: how often it failed in the re-runs of each mode."""
+    bad = {m: Counter() for m in MODES}
+    runs = Counter()
+    for m in MODES:
+        for path in out.glob(f"results-recheck*-{m}.json"):
+            tests = json.loads(path.read_text())["tests"]
+            runs[m] += 1
             bad[m].update(n for n in only if tests.get(n, {}).get("outcome", "crashed") in BAD)
-    return {n: f"failed {bad['with'][n]}/{args.recheck} with, "
-               f"{bad['without'][n]}/{args.recheck} without" for n in only}
+    if not runs["with"]:
+        return {}
+    return {n: f"failed {bad['with'][n]}/{runs['with']} with, "
+               f"{bad['without'][n]}/{runs['without']} without" for n in only}
 
 
 # -- command line ------------------------------------------------------------
@@ -314,7 +318,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="test files under distributed/tests (default: %(default)s)")
     parser.add_argument("--slow", nargs="*", default=None,
                         help="files run with --runslow (default: all selected files)")
-    parser.add_argument("-k", default=None, help="pytest -k expression")
+    parser.add_argument("-k", default=None, metavar="EXPR", help="pytest -k expression")
     parser.add_argument("--timeout", type=float, default=120,
                         help="seconds per test (pytest-timeout; default %(default)s)")
     parser.add_argument("--file-timeout", type=float, default=3 * 3600,
@@ -343,9 +347,13 @@ def main(args: argparse.Namespace) -> int:
             info = describe(args.source.resolve())
             (args.out / "source.json").write_text(json.dumps(info, indent=1))
             print(f"tests from {info['describe']} ({info['commit']}) in {workdir}", flush=True)
+            for old in args.out.glob("results-recheck*.json"):  # they no longer match
+                old.unlink()
         for mode in args.modes:
             run_mode(mode, workdir, args.out, args)
-        print(report(args.out, recheck(args.out, workdir, args)))
+        if args.recheck:
+            recheck(args.out, workdir, args)
+        print(report(args.out))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
