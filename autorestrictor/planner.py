@@ -347,6 +347,8 @@ def analyse(
     pinnable = np.zeros(g.n, dtype=bool)
     pinnable[: g.n_tasks] = True
     pinnable &= located < 0
+    if who_has:  # placed, on one worker or several: never pinned
+        pinnable[_indices(g, who_has)] = False
     if skip:
         pinnable[_indices(g, skip)] = False
     if placed_at_run_time:

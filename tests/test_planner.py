@@ -557,3 +557,15 @@ def test_work_placed_at_run_time_is_left_to_dask(rename):
     after = {f("barrier")} | {f(f"{x}{i}") for x in "og" for i in range(n)}
     assert p.applied and not after & set(p.assignment)
     assert {f(f"t{i}") for i in range(n)} <= set(p.assignment)
+
+
+def test_data_on_several_workers_is_not_pinned_and_draws_no_one():
+    """A result scattered to every worker (``broadcast=True``), read by 20 tasks:
+    it stays where it is, and the readers are dealt by threads
+    (dask/distributed's test_distribute_tasks_by_nthreads)."""
+    deps = {"y": [], **{f"t{i}": ["y"] for i in range(20)}}
+    workers = {"a": 1, "b": 10}
+    p = plan(deps, workers, who_has={"y": ["a", "b"]}, min_tasks=1)
+    check_plan(p, deps, workers)
+    assert "y" not in p.assignment
+    assert Counter(p.assignment.values()) == {"b": 18, "a": 2}
