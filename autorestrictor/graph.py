@@ -175,19 +175,33 @@ def structural_rank(g: Graph, depth: np.ndarray) -> np.ndarray:
     Complexity: O(edges) to pick first inputs, O(tasks log depth) pointer
     jumping, one O(tasks log tasks) sort in C.
     """
+    first = first_input_roots(g)
+    order = np.lexsort((-depth, first))
+    rank = np.empty(g.n, dtype=np.int64)
+    rank[order] = np.arange(g.n)
+    return rank
+
+
+def first_input_roots(g: Graph, edges: np.ndarray | None = None) -> np.ndarray:
+    """For every node, the node reached by always following its first input.
+
+    The first input is the one with the lowest node number (the order the
+    keys were given), among the edges selected by the mask ``edges`` (all
+    by default); a node without one is its own root.
+
+    Complexity: O(edges) to pick first inputs, O(tasks log depth) pointer
+    jumping (each round doubles the jump); no recursion.
+    """
     first = np.arange(g.n, dtype=np.int64)
-    if g.n and len(g.src):
+    src, dst = (g.src, g.dst) if edges is None else (g.src[edges], g.dst[edges])
+    if len(src):
         big = np.iinfo(np.int64).max
         lowest = np.full(g.n, big, dtype=np.int64)
-        np.minimum.at(lowest, g.dst, g.src)
+        np.minimum.at(lowest, dst, src)
         has = lowest != big
         first[has] = lowest[has]
     while True:
         nxt = first[first]
         if np.array_equal(nxt, first):
-            break
+            return first
         first = nxt
-    order = np.lexsort((-depth, first))
-    rank = np.empty(g.n, dtype=np.int64)
-    rank[order] = np.arange(g.n)
-    return rank

@@ -43,6 +43,7 @@ from autorestrictor.graph import (
     adjacency,
     build_graph,
     distance_to_terminals,
+    first_input_roots,
     structural_rank,
 )
 
@@ -505,8 +506,9 @@ def find_broadcasts(g: Graph, n_workers: int) -> np.ndarray:
     is_slice = g.indegree == 1
     reach = np.ones(g.n)
     for _ in range(_SLICE_DEPTH):  # a reader counts once, a slice as what it reaches
-        reach = np.bincount(src, weights=np.where(is_slice[dst], reach[dst], 1.0),
-                            minlength=g.n)
+        # (at least itself: a slice nobody reads is a reader too)
+        through = np.where(is_slice[dst], np.maximum(reach[dst], 1.0), 1.0)
+        reach = np.bincount(src, weights=through, minlength=g.n)
     candidate = reach > max(_FANOUT_PER_WORKER * n_workers, np.sqrt(g.n),
                             _MIN_BROADCAST_READERS)
     if not candidate.any():
@@ -518,7 +520,8 @@ def find_broadcasts(g: Graph, n_workers: int) -> np.ndarray:
     e = (head[src] >= 0) & ~is_slice[dst]
     pairs = np.unique(dst[e] * g.n + head[src[e]])
     per_reader = np.bincount(pairs // g.n)
-    if np.quantile(per_reader[per_reader > 0], 0.9) > _MAX_BROADCASTS_PER_CONSUMER:
+    per_reader = per_reader[per_reader > 0]  # (none when every reader is a slice)
+    if len(per_reader) and np.quantile(per_reader, 0.9) > _MAX_BROADCASTS_PER_CONSUMER:
         return np.zeros(g.n, dtype=bool)
     return candidate
 
@@ -1047,19 +1050,8 @@ def _units(
 
     Complexity: O(edges) plus O(tasks log depth) pointer jumping.
     """
-    first = np.arange(g.n, dtype=np.int64)
     e = (worker_of[g.src] >= 0) & (piece_of[g.src] == piece_of[g.dst]) & (worker_of[g.dst] >= 0)
-    if e.any():
-        big = np.iinfo(np.int64).max
-        lowest = np.full(g.n, big, dtype=np.int64)
-        np.minimum.at(lowest, g.dst[e], g.src[e])
-        has = lowest != big
-        first[has] = lowest[has]
-    while True:
-        nxt = first[first]
-        if np.array_equal(nxt, first):
-            break
-        first = nxt
+    first = first_input_roots(g, e)
     position = np.full(g.n, -1, dtype=np.int64)
     position[pinned] = np.arange(len(pinned))
     return position[first[pinned]]
