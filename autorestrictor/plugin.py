@@ -1032,6 +1032,9 @@ def _free(ts, opted_out: dict) -> bool:
     return (
         ts.state == "released"
         and ts.run_spec is not None
+        # (a task the scheduler has not given a priority cannot be sent by
+        # us: distributed asserts one when a task goes to a worker)
+        and ts.priority is not None
         and not ts.actor
         and not ts.worker_restrictions
         and not ts.host_restrictions

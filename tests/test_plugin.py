@@ -580,3 +580,22 @@ async def test_sizes_are_learned_from_finished_tasks(c, s, a, b):
     assert second["sizes"]["learned"] == second["n_tasks"], second["sizes"]
     learned = s._autorestrictor.prefix_bytes
     assert learned and all(size > 0 for size, _ in learned.values())
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_a_large_argument_shared_by_a_map(c, s, a, b):
+    """``c.map`` with a large keyword argument puts it in the graph as a task
+    with no priority (distributed's test_map_large_kwargs_in_graph; computing
+    such a map fails in distributed itself). The plugin must leave that task
+    alone: sending it would fail the scheduler's assertion in our release."""
+    await c.register_plugin(AutoRestrictor())
+    x = np.arange(100_000.0)
+    futures = c.map(lambda i, b: i + b[0], range(100), b=x)
+    await async_poll_for(lambda: s.plugins["autorestrictor"].history, timeout=5)
+    unprioritised = [ts for ts in s.tasks.values() if ts.priority is None]
+    assert unprioritised, "the loop must see the task without a priority"
+    assert not any(ts.worker_restrictions for ts in unprioritised)
+    s.plugins["autorestrictor"]._release_all()
+    faults = [e for _, e in s.get_events("autorestrictor") if e["action"] == "fault"]
+    assert not faults, faults
+    await c.cancel(futures)
