@@ -654,9 +654,10 @@ class AutoRestrictor(SchedulerPlugin):
         # ordinary pace gives work only while rebalance-min-left of its run
         # has not started. A slow worker gives whenever others run out.
         left = self.options.rebalance_min_left
-        speed = {ws.address: self._speed(ws) / ws.nthreads for ws in running}
+        speed = {ws.address: self._speed(ws) for ws in running}  # threads x pace
+        slow = {ws.address for ws in running if speed[ws.address] < ws.nthreads}
         gives = {a: m for a, m in movable.items() if len(m) > 1 and (
-            speed[a] < 1 or len(m) >= left * len(st.runs.get(a, ())))}
+            a in slow or len(m) >= left * len(st.runs.get(a, ())))}
         if not idle or not gives:
             return
         st.last_rebalance = now
@@ -666,7 +667,7 @@ class AutoRestrictor(SchedulerPlugin):
                 pieces=[u.piece for u in gives.get(ws.address, ())],
                 started=float(len(ws.processing)) + (
                     0.0 if ws.address in gives else sum(u.cost for u in movable[ws.address])),
-                speed=self._speed(ws),
+                speed=speed[ws.address],
             )
             for ws in running
         }
