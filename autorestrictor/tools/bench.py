@@ -26,6 +26,16 @@ row says how many tasks each worker computed (``tasks_per_worker``); rows of
 workloads whose workers joined mid-run also say what the newcomers ran
 (see :func:`_join_summary`).
 
+Shaped links
+------------
+With a :class:`~autorestrictor.tools.link.Link` (``--link 1gbit``,
+``--link-shape shared|per-worker``) every run's cluster talks over a shaped
+network in private network namespaces that die with the run (see
+:mod:`autorestrictor.tools.link`); rows carry the link and the rate a probe
+measured on it.  Rows also give ``transfer_s``, the seconds workers spent
+receiving data (``transfer_incoming_log``), and ``transfer_in_bytes``, what
+they received in that time.
+
 Python API: :func:`run_one`, :func:`run_bench`, :func:`format_table`,
 :func:`check_checksums`.  CLI: ``python -m autorestrictor bench``.
 """
@@ -33,6 +43,7 @@ Python API: :func:`run_one`, :func:`run_bench`, :func:`format_table`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -47,6 +58,18 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from autorestrictor.tools.link import (
+    SHAPES,
+    Link,
+    LinkError,
+    check_support,
+    child_prefix,
+    namespaced_cluster,
+    probe_link,
+    shape_loopback,
+    worker_logs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +93,9 @@ ROW_KEYS = (
     "tasks_per_worker",
     "plan_s",
     "checksum",
+    "link",
+    "transfer_s",
+    "transfer_in_bytes",
 )
 
 #: Interval between RSS samples of the worker processes, in seconds.
@@ -177,6 +203,13 @@ def _transfer_counters(dask_worker) -> tuple[int, int, float]:
         dask_worker.transfer_outgoing_count_total,
         p2p,
     )
+
+
+def _incoming_transfers(since: float, dask_worker=None) -> tuple[float, int]:
+    """Seconds spent receiving data since ``since`` and the bytes received
+    (run via ``client.run``; from the worker's ``transfer_incoming_log``)."""
+    log = [t for t in dask_worker.transfer_incoming_log if t["start"] >= since]
+    return sum(t["duration"] for t in log), sum(t["total"] for t in log)
 
 
 def _compute_shares(stream: list[dict], workers: Iterable[str]) -> dict[str, float]:
@@ -304,12 +337,46 @@ def _plan_summary(client) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _cluster(workers: int, link: Link | None):
+    """The run's cluster: a plain ``LocalCluster``, one on this namespace's
+    shaped loopback (``shared``), or one worker namespace per worker
+    (``per-worker``).  Yields ``(cluster, address of the scheduler's host)``."""
+    from distributed import LocalCluster
+
+    if link is not None and link.shape == "per-worker":
+        with namespaced_cluster(workers, link) as cluster:
+            yield cluster, cluster.scheduler.address.split("://")[1].rsplit(":", 1)[0]
+        return
+    host = shape_loopback(link) if link is not None else None
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=0,
+        dashboard_address=None,
+        host=host,
+    ) as cluster:
+        yield cluster, host
+
+
+def _wait_for_workers(client, cluster, n: int, link: Link | None) -> None:
+    """Wait until ``n`` workers have joined; on a timeout say what their logs say."""
+    try:
+        client.wait_for_workers(n, timeout=120)
+    except TimeoutError as exc:
+        logs = worker_logs(cluster) if link is not None else ""
+        raise BenchError(f"only {len(client.scheduler_info()['workers'])} of {n} workers "
+                         f"joined within 120 s\n{logs}") from exc
+
+
 def measure(
     workload: str,
     mode: str,
     workers: int,
     scale: float,
     details: bool = False,
+    link: Link | None = None,
 ) -> dict[str, Any]:
     """Run one workload under one mode in a fresh cluster *in this process*.
 
@@ -329,6 +396,9 @@ def measure(
     details : bool
         Also return the task stream (``"stream"``) and RSS samples
         (``"memory"``), with times in seconds since the compute started.
+    link : Link, optional
+        Run on this shaped link; this process must be in a network
+        namespace of its own (:func:`run_one` starts it so).
 
     Returns
     -------
@@ -337,7 +407,7 @@ def measure(
     """
     import dask
     from dask.utils import key_split
-    from distributed import Client, LocalCluster, get_task_stream
+    from distributed import Client, get_task_stream
 
     from autorestrictor.tools.workloads import WORKLOADS, checksum
 
@@ -355,13 +425,10 @@ def measure(
     if mode == "no-queuing":
         config["distributed.scheduler.worker-saturation"] = float("inf")
 
-    with dask.config.set(config), LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=0,
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:
+    with dask.config.set(config), _cluster(workers, link) as (cluster, host), \
+            Client(cluster) as client:
+        _wait_for_workers(client, cluster, workers, link)
+        link_row = probe_link(client, link, host) if link is not None else None
         if mode == "autorestrictor":
             from autorestrictor import AutoRestrictor
 
@@ -391,6 +458,7 @@ def measure(
             events = during.join(timeout=300) if during else None
 
         after = client.run(_transfer_counters)
+        incoming = client.run(_incoming_transfers, t0).values()
         info = client.scheduler_info(n_workers=-1)["workers"]
         names.update({addr: f"w{info[addr]['name']}" for addr in info})
         plans = _plan_summary(client) if mode == "autorestrictor" else {"plan_s": 0.0}
@@ -415,6 +483,9 @@ def measure(
         "tasks": len(stream),
         "tasks_per_worker": _task_counts(stream, sorted(set(names.values()))),
         "checksum": checksum(results),
+        "link": link_row,
+        "transfer_s": sum(seconds for seconds, _ in incoming),
+        "transfer_in_bytes": sum(nbytes for _, nbytes in incoming),
         **plans,
         **extra,
     }
@@ -455,10 +526,52 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--scale", type=float, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--details", action="store_true")
+    p.add_argument("--link-rate", default=None)
+    p.add_argument("--link-shape", default=None)
     args = p.parse_args(argv)
-    row = measure(args.workload, args.mode, args.workers, args.scale, details=args.details)
+    link = Link(args.link_rate, args.link_shape) if args.link_rate else None
+    row = measure(args.workload, args.mode, args.workers, args.scale, details=args.details,
+                  link=link)
     with open(args.out, "w") as f:
         json.dump(row, f)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a run's subprocess: this tree first on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in [_PACKAGE_PARENT, env.get("PYTHONPATH", "")] if p
+    )
+    return env
+
+
+def child_command(
+    workload: str,
+    mode: str,
+    workers: int,
+    scale: float,
+    out: str,
+    *,
+    details: bool = False,
+    link: Link | None = None,
+) -> list[str]:
+    """The command line of one run's subprocess (see :func:`run_one`)."""
+    cmd = [
+        *child_prefix(link),
+        sys.executable,
+        "-c",
+        "from autorestrictor.tools.bench import _child_main; _child_main()",
+        "--workload", workload,
+        "--mode", mode,
+        "--workers", str(workers),
+        "--scale", repr(float(scale)),
+        "--out", out,
+    ]
+    if details:
+        cmd.append("--details")
+    if link is not None:
+        cmd += ["--link-rate", link.rate, "--link-shape", link.shape]
+    return cmd
 
 
 def run_one(
@@ -470,6 +583,7 @@ def run_one(
     repeat: int = 0,
     details: bool = False,
     timeout: float | None = 1800,
+    link: Link | None = None,
 ) -> dict[str, Any]:
     """Run one workload under one mode, in a subprocess with a fresh cluster.
 
@@ -483,6 +597,10 @@ def run_one(
         Include the task stream and RSS samples (see :func:`measure`).
     timeout : float or None
         Seconds before the run is killed and :class:`BenchError` raised.
+    link : Link, optional
+        Run on this shaped link: the subprocess starts in a network
+        namespace of its own (``unshare --net``), which, with every
+        namespace the run makes, dies with its process group.
 
     Returns
     -------
@@ -495,29 +613,16 @@ def run_one(
         If the subprocess fails or times out; the message carries the tail
         of its stderr.
     """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [_PACKAGE_PARENT, env.get("PYTHONPATH", "")] if p
-    )
     with tempfile.TemporaryDirectory(prefix="autorestrictor-bench-") as tmp:
         out = os.path.join(tmp, "row.json")
-        cmd = [
-            sys.executable,
-            "-c",
-            "from autorestrictor.tools.bench import _child_main; _child_main()",
-            "--workload", workload,
-            "--mode", mode,
-            "--workers", str(workers),
-            "--scale", repr(float(scale)),
-            "--out", out,
-        ]
-        if details:
-            cmd.append("--details")
-        what = f"{workload} / {mode} (workers={workers}, scale={scale})"
+        cmd = child_command(workload, mode, workers, scale, out, details=details, link=link)
+        what = f"{workload} / {mode} (workers={workers}, scale={scale}" + (
+            f", link {link.label()})" if link else ")")
         # A new session, so that on timeout the whole run -- including the
-        # cluster's nanny and worker processes -- can be killed as a group.
+        # cluster's nanny and worker processes and the link's namespace
+        # holders -- can be killed as a group.
         proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,
         )
         try:
@@ -526,6 +631,10 @@ def run_one(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise BenchError(f"run {what} timed out after {timeout} s") from exc
+        except BaseException:  # e.g. Ctrl-C: the run must not outlive us
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
         if proc.returncode != 0 or not os.path.exists(out):
             tail = "\n".join(stderr.strip().splitlines()[-30:])
             raise BenchError(f"run {what} failed (exit code {proc.returncode}):\n{tail}")
@@ -590,6 +699,7 @@ def run_bench(
     json_path: str | os.PathLike | None = None,
     progress: bool = True,
     timeout: float | None = 1800,
+    link: Link | None = None,
 ) -> list[dict]:
     """Run every (workload, mode, repetition), each in a fresh cluster.
 
@@ -614,6 +724,8 @@ def run_bench(
         Print ``[i/n] workload mode ...`` lines on stderr.
     timeout : float or None
         Per-run timeout in seconds.
+    link : Link, optional
+        Run every cluster on this shaped link (see :func:`run_one`).
 
     Returns
     -------
@@ -626,6 +738,8 @@ def run_bench(
         If two runs of one workload computed different results.
     BenchError
         If a run fails.
+    LinkError
+        Before any run, if this machine cannot build the link.
     """
     from autorestrictor.tools.workloads import WORKLOADS
 
@@ -638,6 +752,8 @@ def run_bench(
         raise ValueError(f"unknown mode(s) {bad_modes}; known: {', '.join(MODES)}")
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    if link is not None:
+        check_support(link)
 
     bar = _Progress(len(workloads) * len(modes) * repeat, enabled=progress)
     rows: list[dict] = []
@@ -646,7 +762,8 @@ def run_bench(
         for r in range(repeat):
             for mode in modes:
                 bar.step(f"{workload} {mode}" + (f" (repeat {r + 1})" if repeat > 1 else ""))
-                these.append(run_one(workload, mode, workers, scale, repeat=r, timeout=timeout))
+                these.append(run_one(workload, mode, workers, scale, repeat=r, timeout=timeout,
+                                     link=link))
         check_checksums(these)
         rows.extend(these)
         if json_path is not None:
@@ -669,7 +786,29 @@ def _ratio(value: float | None, base: float | None, floor: float = 0.0) -> str:
     return f"{value / base:.2f}x"
 
 
-def _tasks_notes(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+def link_label(row: dict) -> str:
+    """``"1gbit per-worker"`` for a row run on a shaped link, else ``"-"``."""
+    link = row.get("link")
+    return f"{link['rate']} {link['shape']}" if link else "-"
+
+
+def _link_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
+    """One line per shaped link: what the probes measured, and the workers'
+    receiving throughput (bytes received over seconds spent receiving)."""
+    lines = []
+    for label in dict.fromkeys(link for _, link, _ in groups if link != "-"):
+        rows = [r for (_, link, _), rs in groups.items() if link == label for r in rs]
+        probe = _median([r["link"].get("probe_bytes_per_s") for r in rows])
+        received = sum(r.get("transfer_in_bytes") or 0 for r in rows)
+        seconds = sum(r.get("transfer_s") or 0 for r in rows)
+        line = f"link {label}: probe {probe / 1e6:.0f} MB/s (median)"
+        if seconds > 0:
+            line += f"; transfers received at {received / seconds / 1e6:.0f} MB/s overall"
+        lines.append(line)
+    return lines
+
+
+def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
     """Note lines with the median tasks per worker, for the elastic workloads only.
 
     Rows of workloads with workers that joined mid-run also get what the
@@ -678,7 +817,7 @@ def _tasks_notes(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
     from autorestrictor.tools.workloads import ELASTIC_WORKLOADS
 
     lines = []
-    for (workload, mode), rows in groups.items():
+    for (workload, link, mode), rows in groups.items():
         counts = [r["tasks_per_worker"] for r in rows if r.get("tasks_per_worker")]
         if workload not in ELASTIC_WORKLOADS or not counts:
             continue
@@ -686,7 +825,8 @@ def _tasks_notes(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
         per_worker = " ".join(
             f"{name}={_median([c.get(name, 0) for c in counts]):g}" for name in names
         )
-        line = f"tasks per worker, {workload} / {mode}: {per_worker}"
+        where = "" if link == "-" else f" / {link}"
+        line = f"tasks per worker, {workload} / {mode}{where}: {per_worker}"
         ran = _median([r.get("joined_ran") for r in rows])
         if ran is not None:
             fair = _median([r.get("joined_fair_share") for r in rows])
@@ -718,48 +858,59 @@ def format_table(rows: Sequence[dict]) -> str:
         If the rows of one workload disagree on the checksum.
     """
     check_checksums(rows)
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["workload"], row["mode"])].append(row)
+        groups[(row["workload"], link_label(row), row["mode"])].append(row)
+    with_link = any(link != "-" for _, link, _ in groups)
 
-    def med(workload, mode, key):
-        return _median([r.get(key) for r in groups.get((workload, mode), [])])
+    def med(workload, link, mode, key):
+        return _median([r.get(key) for r in groups.get((workload, link, mode), [])])
 
     header = ["workload", "mode", "n", "wall s", "MB moved", "transfers", "peak MB",
               "max share", "plan ms", "bytes", "wall", "peak"]
+    if with_link:
+        header.insert(1, "link")
     lines = [header]
-    for workload, mode in groups:
-        wall, moved = med(workload, mode, "wall_s"), med(workload, mode, "bytes_moved")
-        peak, share = med(workload, mode, "peak_memory_bytes"), med(workload, mode, "max_share")
+    for workload, link, mode in groups:
+        wall, moved = med(workload, link, mode, "wall_s"), med(workload, link, mode, "bytes_moved")
+        peak = med(workload, link, mode, "peak_memory_bytes")
+        share = med(workload, link, mode, "max_share")
         lines.append([
             workload,
+            *([link] if with_link else []),
             mode,
-            str(len(groups[(workload, mode)])),
+            str(len(groups[(workload, link, mode)])),
             f"{wall:.2f}",
             f"{moved / 1e6:.1f}",
-            f"{med(workload, mode, 'transfers'):.0f}",
+            f"{med(workload, link, mode, 'transfers'):.0f}",
             f"{peak / 1e6:.0f}",
             "-" if share is None else f"{share:.2f}",
-            f"{1e3 * med(workload, mode, 'plan_s'):.1f}",
-            _ratio(moved, med(workload, "default", "bytes_moved"), floor=1e6),
-            _ratio(wall, med(workload, "default", "wall_s")),
-            _ratio(peak, med(workload, "default", "peak_memory_bytes")),
+            f"{1e3 * med(workload, link, mode, 'plan_s'):.1f}",
+            _ratio(moved, med(workload, link, "default", "bytes_moved"), floor=1e6),
+            _ratio(wall, med(workload, link, "default", "wall_s")),
+            _ratio(peak, med(workload, link, "default", "peak_memory_bytes")),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    n_text = 3 if with_link else 2  # left-aligned columns
     out = []
     for i, line in enumerate(lines):
-        cells = [c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]
+        cells = [c.ljust(w) if j < n_text else c.rjust(w)
+                 for j, (c, w) in enumerate(zip(line, widths))]
         out.append("  ".join(cells).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
-    out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'; "
-               "max share 1/workers is perfect balance")
+    out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'"
+               + (" on the same link" if with_link else "")
+               + "; max share 1/workers is perfect balance")
+    out.extend(_link_notes(groups))
     out.extend(_tasks_notes(groups))
-    for workload, mode in groups:
-        p2p = med(workload, mode, "p2p_bytes")
+    for workload, link, mode in groups:
+        p2p = med(workload, link, mode, "p2p_bytes")
         if p2p:
-            out.append(f"note: {workload} / {mode} also pushed {p2p / 1e6:.1f} MB through P2P "
-                       "shuffle comms (not in 'MB moved'; includes shards sent to self)")
+            where = "" if link == "-" else f" / {link}"
+            out.append(f"note: {workload} / {mode}{where} also pushed {p2p / 1e6:.1f} MB "
+                       "through P2P shuffle comms (not in 'MB moved'; includes shards sent "
+                       "to self)")
     return "\n".join(out)
 
 
@@ -768,6 +919,7 @@ def main(args: argparse.Namespace) -> int:
     workloads = [w for w in args.workloads.split(",") if w] if args.workloads else None
     modes = [m for m in args.modes.split(",") if m]
     try:
+        link = Link(args.link, args.link_shape) if args.link else None
         rows = run_bench(
             workloads,
             modes,
@@ -776,8 +928,9 @@ def main(args: argparse.Namespace) -> int:
             repeat=args.repeat,
             json_path=args.json,
             timeout=args.timeout,
+            link=link,
         )
-    except (BenchError, ValueError) as exc:  # includes ChecksumMismatch
+    except (BenchError, LinkError, ValueError) as exc:  # includes ChecksumMismatch
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_table(rows))
@@ -798,3 +951,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs per (workload, mode); the table shows medians")
     parser.add_argument("--json", default=None, help="write all rows to this JSON file")
     parser.add_argument("--timeout", type=float, default=1800, help="per-run timeout in seconds")
+    add_link_arguments(parser)
+
+
+def add_link_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--link RATE`` and ``--link-shape`` (the bench's and the demo's)."""
+    parser.add_argument("--link", metavar="RATE", default=None,
+                        help="run every cluster on a network shaped to this tc rate, e.g. 1gbit "
+                             "(needs root; private network namespaces, gone after the run)")
+    parser.add_argument("--link-shape", choices=SHAPES, default="per-worker",
+                        help="per-worker: one link per worker, joined by a bridge; shared: one "
+                             "link for the whole cluster (default per-worker)")
