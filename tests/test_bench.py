@@ -134,7 +134,7 @@ def test_cli_exits_nonzero_on_mismatch(monkeypatch, capsys, tmp_path):
 
 
 def test_cli_table_and_json(monkeypatch, capsys, tmp_path):
-    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None):
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None):
         return fake_row(workload, mode, repeat)
 
     monkeypatch.setattr(bench, "run_one", fake_run_one)
@@ -196,7 +196,7 @@ def test_all_workloads_registered():
 def test_run_bench_runs_all_workloads_by_default(monkeypatch):
     seen = []
 
-    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None):
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None):
         seen.append(workload)
         return fake_row(workload, mode, repeat)
 

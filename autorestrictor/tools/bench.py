@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -517,8 +518,37 @@ def measure(
 # subprocess plumbing
 
 
+def _end_run_on_sigterm() -> None:
+    """In a run's subprocess, leader of its process group: on SIGTERM, kill the
+    whole group at once (its cluster's processes, its namespace holders)."""
+    if os.getpgid(0) == os.getpid():
+        signal.signal(signal.SIGTERM, lambda *_: os.killpg(0, signal.SIGKILL))
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _parent_death_signal():
+    """A ``preexec_fn`` that has Linux send the run SIGTERM when this process
+    dies, however it dies (the run then ends its group: see
+    :func:`_end_run_on_sigterm`); ``None`` where there is no ``prctl``.
+
+    Linux sends it when the *thread* that started the run ends: call
+    :func:`run_one` from a thread that outlives the run (the bench and the
+    demo call it from their main thread).
+    """
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError) as exc:
+        logger.info("no prctl here (%s): a run does not end with the bench that started it",
+                    exc)
+        return None
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _child_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the per-run subprocess: measure, write the row as JSON."""
+    _end_run_on_sigterm()
     p = argparse.ArgumentParser(prog="autorestrictor-bench-child")
     p.add_argument("--workload", required=True)
     p.add_argument("--mode", required=True)
@@ -623,7 +653,7 @@ def run_one(
         # holders -- can be killed as a group.
         proc = subprocess.Popen(
             cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_parent_death_signal(),
         )
         try:
             _, stderr = proc.communicate(timeout=timeout)
@@ -914,22 +944,37 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Turn SIGTERM into ``SystemExit`` while the bench runs, so that the run
+    under way is killed with its whole group (see :func:`run_one`)."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the ``bench`` subcommand; returns the process exit code."""
     workloads = [w for w in args.workloads.split(",") if w] if args.workloads else None
     modes = [m for m in args.modes.split(",") if m]
     try:
         link = Link(args.link, args.link_shape) if args.link else None
-        rows = run_bench(
-            workloads,
-            modes,
-            workers=args.workers,
-            scale=args.scale,
-            repeat=args.repeat,
-            json_path=args.json,
-            timeout=args.timeout,
-            link=link,
-        )
+        with _sigterm_exits():
+            rows = run_bench(
+                workloads,
+                modes,
+                workers=args.workers,
+                scale=args.scale,
+                repeat=args.repeat,
+                json_path=args.json,
+                timeout=args.timeout,
+                link=link,
+            )
     except (BenchError, LinkError, ValueError) as exc:  # includes ChecksumMismatch
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -64,10 +64,12 @@ RATE_UNITS = {
 #: sets the queue's length (tc's ``latency``). 50 ms is a deep switch buffer.
 LATENCY = "50ms"
 
-#: Smallest bucket, in bytes; otherwise the bucket holds 2 ms of the rate
-#: (256 KB at 1 Gbit/s): a kernel tick's worth of packets must fit in it,
-#: or the bucket caps the rate below what was asked.
-MIN_BURST = 64 * 1024
+#: Smallest bucket, in bytes: twice the largest packet (the loopback's MTU
+#: is 64 KiB; a packet larger than the bucket is dropped, every time, and its
+#: connection stalls). Otherwise the bucket holds 2 ms of the rate (250 KB
+#: at 1 Gbit/s): a kernel tick's worth of packets must fit in it, or the
+#: bucket caps the rate below what was asked.
+MIN_BURST = 128 * 1024
 
 #: Addresses on the per-worker bridge: the switch (scheduler, client) is .1,
 #: worker ``i`` is ``.(i + 2)``.
