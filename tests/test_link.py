@@ -337,3 +337,17 @@ def _group_children(parent: int) -> list[int]:
         except (OSError, ValueError):
             continue
     return out
+
+
+def test_demo_names_the_link():
+    from autorestrictor.tools.demo import format_side_by_side
+
+    shaped = {"rate": "1gbit", "shape": "shared", "bits_per_s": 1e9, "probe_bytes_per_s": 1e8}
+    rows = [{"mode": mode, "workers": 4, "scale": 1.0, "wall_s": wall, "bytes_moved": 1e9,
+             "transfers": 10, "peak_memory_bytes": 1e8, "max_share": 0.25, "plan_s": 0.0,
+             "checksum": "c", "link": shaped}
+            for mode, wall in (("default", 10.0), ("autorestrictor", 5.0))]
+    table = format_side_by_side(rows)
+    assert table.splitlines()[-1].startswith(
+        "seed-sum, 4 workers x 1 thread, scale 1.0, link 1gbit shared;")
+    assert "5.00 (0.50x)" in table

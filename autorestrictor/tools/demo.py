@@ -8,7 +8,9 @@ table and, with ``--plot PATH``, draws each run's task stream and per-worker
 memory on a common time axis.
 
 Runs go through :func:`autorestrictor.tools.bench.run_one`, so each one has its own
-subprocess and fresh cluster.
+subprocess and fresh cluster.  With ``--link 1gbit`` (and ``--link-shape``) the
+runs take place on a shaped network, as in the bench, and the picture shows
+transfers taking the time they take on such a link.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import sys
 from collections import defaultdict
 from collections.abc import Sequence
 
-from autorestrictor.tools.bench import BenchError, check_checksums, run_one
+from autorestrictor.tools.bench import (
+    BenchError,
+    add_link_arguments,
+    check_checksums,
+    link_label,
+    run_one,
+)
+from autorestrictor.tools.link import Link, LinkError, check_support
 
 WORKLOAD = "seed-sum"
 DEFAULT_MODES = ("default", "autorestrictor")
@@ -32,6 +41,7 @@ def run_demo(
     workers: int = NORMAL[0],
     scale: float = NORMAL[1],
     progress: bool = True,
+    link: Link | None = None,
 ) -> list[dict]:
     """Run the seed example once per mode, keeping task streams and RSS samples.
 
@@ -45,6 +55,8 @@ def run_demo(
         Row multiplier (``scale=1`` is 1,250,000 rows x 200 column chunks).
     progress : bool
         Report each run on stderr.
+    link : Link, optional
+        Run on this shaped link (see :mod:`autorestrictor.tools.link`).
 
     Returns
     -------
@@ -56,11 +68,13 @@ def run_demo(
     ChecksumMismatch
         If the modes disagree on the result.
     """
+    if link is not None:
+        check_support(link)
     rows = []
     for i, mode in enumerate(modes, 1):
         if progress:
             print(f"[{i}/{len(modes)}] {WORKLOAD} {mode} ...", file=sys.stderr, flush=True)
-        rows.append(run_one(WORKLOAD, mode, workers, scale, details=True))
+        rows.append(run_one(WORKLOAD, mode, workers, scale, details=True, link=link))
     check_checksums(rows)
     return rows
 
@@ -105,9 +119,15 @@ def format_side_by_side(rows: Sequence[dict]) -> str:
     ]
     out.insert(1, "  ".join("-" * w for w in widths))
     r0 = rows[0]
-    out.append(f"{WORKLOAD}, {r0['workers']} workers x 1 thread, scale {r0['scale']}; "
-               f"ratios are relative to {r0['mode']!r}")
+    out.append(f"{_setting(r0)}; ratios are relative to {r0['mode']!r}")
     return "\n".join(out)
+
+
+def _setting(row: dict) -> str:
+    """``seed-sum, 4 workers x 1 thread, scale 1.0[, link 1gbit per-worker]``."""
+    where = link_label(row)
+    return (f"{WORKLOAD}, {row['workers']} workers x 1 thread, scale {row['scale']}"
+            + ("" if where == "-" else f", link {where}"))
 
 
 def _prefix_colors(rows: Sequence[dict], n: int = 8) -> dict[str, str]:
@@ -202,7 +222,7 @@ def plot_runs(rows: Sequence[dict], path: str) -> None:
     handles = [Patch(color=c, label=p) for p, c in colors.items()]
     handles += [Patch(color="lightgray", label="other tasks"), Patch(color="red", label="transfer")]
     r0 = rows[0]
-    heading = (f"{WORKLOAD}: {r0['workers']} workers x 1 thread, scale {r0['scale']}\n"
+    heading = (f"{_setting(r0)}\n"
                "compute bars by task prefix; red = transfer into this worker; white = idle")
     fig.legend(handles=handles, loc="outside upper center", fontsize=8, ncol=min(len(handles), 5),
                title=heading, title_fontsize=10, frameon=False)
@@ -219,8 +239,9 @@ def main(args: argparse.Namespace) -> int:
     scale = args.scale or scale
     modes = [m for m in args.modes.split(",") if m]
     try:
-        rows = run_demo(modes, workers, scale)
-    except (BenchError, ValueError) as exc:
+        link = Link(args.link, args.link_shape) if args.link else None
+        rows = run_demo(modes, workers, scale, link=link)
+    except (BenchError, LinkError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(format_side_by_side(rows))
@@ -242,3 +263,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"worker processes (default {NORMAL[0]}, --quick {QUICK[0]})")
     parser.add_argument("--scale", type=float, default=None,
                         help=f"row multiplier (default {NORMAL[1]}, --quick {QUICK[1]})")
+    add_link_arguments(parser)
