@@ -3,7 +3,8 @@
 Needs root and a kernel with ``tbf``, veth and bridges (CI has them): where
 this machine refuses, :func:`check_support` raises and the tests fail with
 its reason. Real runs: ``test_shaped_runs_move_data_slower_and_leave_nothing``
-(3 small runs, about 20 s on 2 cores) and the two killed runs (about 5 s each).
+(3 small runs, about 13 s on 2 cores) and the two killed runs (1-2 s each:
+they are killed as soon as their workers run).
 """
 
 from __future__ import annotations
