@@ -352,3 +352,16 @@ def test_demo_names_the_link():
     assert table.splitlines()[-1].startswith(
         "seed-sum, 4 workers x 1 thread, scale 1.0, link 1gbit shared;")
     assert "5.00 (0.50x)" in table
+
+
+def test_bench_without_the_capability_stops_before_any_run():
+    """Root without CAP_SYS_ADMIN and CAP_NET_ADMIN (dropped from the bounding
+    set): ``unshare`` is refused, and the bench says so and runs nothing."""
+    done = subprocess.run(
+        ["setpriv", "--bounding-set", "-sys_admin,-net_admin", sys.executable, "-m",
+         "autorestrictor", "bench", "--workloads", "seed-sum", "--link", "1gbit"],
+        env=bench.child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1, done
+    assert "error: cannot create a network namespace (unshare -n)" in done.stderr, done.stderr
+    assert "Operation not permitted" in done.stderr and "[1/" not in done.stderr
