@@ -1,4 +1,4 @@
-"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests} ...``.
+"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests,bound} ...``.
 
 Adding a subcommand means writing one function decorated with
 :func:`subcommand`: it receives the subcommand's ``argparse`` parser, adds its
@@ -55,6 +55,14 @@ def _dasktests(parser: argparse.ArgumentParser) -> Runner:
 
     dasktests.add_arguments(parser)
     return dasktests.main
+
+
+@subcommand("bound", help="fewest bytes any plan must move at a given balance")
+def _bound(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor.tools import bound
+
+    bound.add_arguments(parser)
+    return bound.main
 
 
 def build_parser() -> argparse.ArgumentParser:
