@@ -16,6 +16,7 @@ Two views of one plan:
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,21 @@ class DataMap:
         if self.grid is not None:
             return "chunks"
         return "runs" if self.runs else "empty"
+
+
+def legend_html(m: DataMap) -> str:
+    """HTML legend of ``m``'s colours: each worker and its pinned tasks."""
+    swatch = "display: inline-block; width: 11px; height: 11px; background: {}"
+    items = [
+        f"<span style='white-space: nowrap; margin-right: 12px'><span style='"
+        f"{swatch.format(worker_colour(i))}'></span> {html.escape(w)}: "
+        f"{m.load[i] if m.load else 0:,} task(s)</span>"
+        for i, w in enumerate(m.workers)
+    ]
+    if m.kind == "chunks" and (m.grid < 0).any():
+        items.append(f"<span><span style='{swatch.format(LEFT_TO_DASK)}'></span> "
+                     "left to Dask</span>")
+    return "<div style='margin: 4px 0; line-height: 1.6'>" + " ".join(items) + "</div>"
 
 
 def data_map(p: Plan) -> DataMap:

@@ -28,7 +28,13 @@ import numpy as np
 from dask.utils import key_split, parse_timedelta
 
 from autorestrictor.config import Options
-from autorestrictor.datamap import DataMap, data_map, default_transfer, worker_colour
+from autorestrictor.datamap import (
+    DataMap,
+    data_map,
+    default_transfer,
+    legend_html,
+    worker_colour,
+)
 from autorestrictor.planner import Plan, estimate_sizes, plan
 
 logger = logging.getLogger("autorestrictor")
@@ -342,7 +348,7 @@ def to_html(e: Explanation) -> str:
     elif m.kind == "runs":
         parts += ["<p style='margin: 8px 0 2px'>Pinned tasks in the order they will run, "
                   "coloured by worker:</p>", _svg_runs(m)]
-    parts.append(_legend(m))
+    parts.append(legend_html(m))
     parts.append(_svg_bytes(e))
     notes = [*p.notes, *e.notes]
     if not e.sizes_known:
@@ -393,21 +399,6 @@ def _svg_runs(m: DataMap) -> str:
                    f'fill="{worker_colour(w)}"/>')
     out.append("</svg>")
     return "".join(out)
-
-
-def _legend(m: DataMap) -> str:
-    items = []
-    for i, w in enumerate(m.workers):
-        n = m.load[i] if m.load else 0
-        items.append(
-            f"<span style='white-space: nowrap; margin-right: 12px'>"
-            f"<span style='display: inline-block; width: 11px; height: 11px; "
-            f"background: {worker_colour(i)}'></span> {html.escape(w)}: {n:,} task(s)</span>"
-        )
-    if m.kind == "chunks" and (m.grid < 0).any():
-        items.append(f"<span><span style='display: inline-block; width: 11px; height: 11px; "
-                     f"background: {worker_colour(-1)}'></span> left to Dask</span>")
-    return "<div style='margin: 4px 0; line-height: 1.6'>" + " ".join(items) + "</div>"
 
 
 def _svg_bytes(e: Explanation) -> str:

@@ -193,7 +193,7 @@ class AutoRestrictor(SchedulerPlugin):
         if self.scheduler is scheduler:
             return
         self.scheduler = scheduler
-        from autorestrictor.http import add_routes
+        from autorestrictor.http import add_dashboard, add_routes
 
         add_routes(scheduler)
         previous = getattr(scheduler, "_autorestrictor", None)
@@ -216,6 +216,10 @@ class AutoRestrictor(SchedulerPlugin):
         scheduler.periodic_callbacks["autorestrictor-release"] = pc
         if getattr(scheduler, "status", None) is not None and scheduler.status.name == "running":
             pc.start()
+        try:
+            add_dashboard(scheduler)
+        except Exception as e:  # a page must never stop the plugin
+            self._fault("dashboard page", e)
 
     def restart(self, scheduler) -> None:
         # Every task is forgotten on restart; so are our pins.
