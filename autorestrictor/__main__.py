@@ -1,4 +1,4 @@
-"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests} ...``.
+"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests,screenshots} ...``.
 
 Adding a subcommand means writing one function decorated with
 :func:`subcommand`: it receives the subcommand's ``argparse`` parser, adds its
@@ -55,6 +55,14 @@ def _dasktests(parser: argparse.ArgumentParser) -> Runner:
 
     dasktests.add_arguments(parser)
     return dasktests.main
+
+
+@subcommand("screenshots", help="regenerate docs/dashboard.png and docs/explain.png (Chromium)")
+def _screenshots(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor.tools import screenshots
+
+    screenshots.add_arguments(parser)
+    return screenshots.main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -223,7 +223,7 @@ class WorkerCounts:
         self.figure.yaxis.ticker = FixedTicker(ticks=list(range(n)))
         self.figure.yaxis.major_label_overrides = dict(enumerate(counts["label"]))
         self.figure.y_range.start, self.figure.y_range.end = -0.6, max(n, 1) - 0.4
-        self.figure.height = 90 + 28 * max(n, 1)
+        self.figure.height = 130 + 30 * max(n, 1)
         self.words.text = self._words(counts)
 
     def _words(self, counts) -> str:
@@ -370,15 +370,15 @@ class DataMapView:
                 f"grid {' x '.join(map(str, m.shape))}, coloured by worker")
             self.figure.yaxis.visible = rows > 1
         else:
-            for a, b, w in m.runs:
+            for (a, b, w), n in zip(m.runs, m.pieces):
                 data["x"].append((a + b) / 2)
                 data["y"].append(-0.5)
                 data["width"].append(b - a)
                 data["colour"].append(worker_colour(w))
                 data["worker"].append(m.workers[w])
-                data["what"].append(f"tasks {a:,} to {b - 1:,} in run order")
+                data["what"].append(f"{b - a:,} task(s) in {n:,} group(s)")
             self.figure.title.text = (
-                f"Where the data lives (plan #{self.plan_id}): pinned tasks in the order "
+                f"Where the data lives (plan #{self.plan_id}): pinned groups in the order "
                 "they will run, coloured by worker")
             self.figure.yaxis.visible = False
         self.source.data = data

@@ -10,7 +10,7 @@ Two views of one plan:
 * an array's **chunk grid**, each chunk coloured by the worker its task is
   pinned to, when the graph has keys named like a dask array's chunks
   (``("name", i, j)``);
-* otherwise the pinned tasks **in the order they will run**, as runs of one
+* otherwise the pinned groups **in the order they will run**, as runs of one
   colour per worker.
 """
 
@@ -68,8 +68,11 @@ class DataMap:
         into rows. Only every ``step``-th chunk along each axis when the
         grid has more than :data:`MAX_CELLS` chunks.
     runs:
-        ``(start, stop, worker index)``: the pinned tasks in the order they
-        will run, cut where the worker changes.
+        ``(start, stop, worker index)``: the pinned tasks, group after group
+        in the order each group's first task runs, cut where the worker
+        changes.
+    pieces:
+        Groups (or pieces of split groups) in each run.
     load:
         Pinned tasks per worker.
     """
@@ -80,6 +83,7 @@ class DataMap:
     grid: np.ndarray | None = None
     step: int = 1
     runs: list[tuple[int, int, int]] = field(default_factory=list)
+    pieces: list[int] = field(default_factory=list)
     load: list[int] = field(default_factory=list)
 
     @property
@@ -106,7 +110,7 @@ def legend_html(m: DataMap) -> str:
 
 
 def data_map(p: Plan) -> DataMap:
-    """Draw ``p``: the chunk grid of its largest array, else its runs in order.
+    """Draw ``p``: the chunk grid of its largest array, else its groups in run order.
 
     The array is the name with the most pinned chunk keys (ties: the one
     that runs first, usually the graph's input). Complexity: O(pinned keys)
@@ -136,11 +140,17 @@ def data_map(p: Plan) -> DataMap:
         grid, step = _grid(index, shape, worker_of[members])
         return DataMap(workers=list(p.workers), name=name, shape=shape, grid=grid,
                        step=step, load=load)
-    order = np.argsort(rank, kind="stable")
-    w = worker_of[order]
+    # groups (pieces) in the order their first task runs, each in run order
+    piece = np.unique(np.asarray(p.piece_of), return_inverse=True)[1].ravel()
+    first = np.full(piece.max() + 1, np.inf)
+    np.minimum.at(first, piece, rank)
+    order = np.lexsort((rank, piece, first[piece]))
+    w, pc = worker_of[order], piece[order]
     cuts = np.flatnonzero(np.r_[True, w[1:] != w[:-1], True])
+    new_piece = np.r_[1, (pc[1:] != pc[:-1]).astype(np.int64)]
+    pieces = np.add.reduceat(new_piece, cuts[:-1]).tolist()
     runs = [(int(a), int(b), int(w[a])) for a, b in zip(cuts[:-1], cuts[1:])]
-    return DataMap(workers=list(p.workers), runs=runs, load=load)
+    return DataMap(workers=list(p.workers), runs=runs, pieces=pieces, load=load)
 
 
 def _chunk_keys(keys: list) -> dict[str, list[int]]:

@@ -341,12 +341,13 @@ def to_html(e: Explanation) -> str:
         f"<p style='margin: 4px 0'>{html.escape(e.headline())}</p>",
     ]
     if m.kind == "chunks":
-        title = f"Where the chunks of <code>{html.escape(m.name)}</code> will live"
+        grid = " &times; ".join(map(str, m.shape))
+        title = f"Where the {grid} chunks of <code>{html.escape(m.name)}</code> will live"
         if m.step > 1:
             title += f" (every {m.step}th chunk along each axis)"
         parts += [f"<p style='margin: 8px 0 2px'>{title}:</p>", _svg_grid(m)]
     elif m.kind == "runs":
-        parts += ["<p style='margin: 8px 0 2px'>Pinned tasks in the order they will run, "
+        parts += ["<p style='margin: 8px 0 2px'>Pinned groups in the order they will run, "
                   "coloured by worker:</p>", _svg_runs(m)]
     parts.append(legend_html(m))
     parts.append(_svg_bytes(e))
@@ -368,7 +369,7 @@ def _svg_grid(m: DataMap) -> str:
     h = cell if rows > 1 else max(cell, 28.0)
     out = [f'<svg width="{cols * cell:.0f}" height="{rows * h:.0f}" '
            f'xmlns="http://www.w3.org/2000/svg" shape-rendering="crispEdges">']
-    gap = 1 if cell >= 6 else 0
+    gap = 1.0 if cell >= 6 else 0.6 if cell >= 3 else 0.0
     for r in range(rows):
         row = m.grid[r]
         c = 0

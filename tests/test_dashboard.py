@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 
 import dask
@@ -85,7 +86,7 @@ def page_counts(data: dict) -> dict:
 async def test_components_show_the_schedulers_counts(c, s, *workers):
     await c.register_plugin(AutoRestrictor(min_tasks=1))
     ev = Event()
-    futures = c.persist(held_graph(ev))
+    futures = c.compute(held_graph(ev))
     await async_poll_for(lambda: scheduler_counts(s)["still"], timeout=20)
     expected = scheduler_counts(s)["counts"]
     counts = WorkerCounts(s)
@@ -110,7 +111,7 @@ async def test_components_show_the_schedulers_counts(c, s, *workers):
     m = where.source.data
     assert len(m["x"]) >= 3  # runs, one per worker at least
     assert set(m["colour"]) == {worker_colour(i) for i in range(3)}
-    assert "run order" in m["what"][0]
+    assert "group(s)" in m["what"][0]
     before = dict(m)
     where.update()  # nothing new: not rebuilt
     assert where.source.data == before
@@ -199,3 +200,59 @@ async def test_no_dashboard_no_page(c, s, a, b):
     result = await c.compute(dask.delayed(sum)([dask.delayed(_root)(i) for i in range(20)]))
     assert result == sum(range(20))
     assert not s._autorestrictor.faults
+
+
+# -- in a real browser ---------------------------------------------------------
+
+
+def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
+    """A process cluster, a run held at a known point, the page in headless
+    Chromium: the per-worker counts the browser holds are the scheduler's."""
+    from distributed import Client, LocalCluster
+
+    from autorestrictor.tools.screenshots import (
+        chromium,
+        model_text,
+        source_data,
+        wait_rendered,
+    )
+
+    driver = chromium(tmp_path / "profile")  # a missing browser fails here, loudly
+    try:
+        with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, memory_limit=0,
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
+            client.register_plugin(AutoRestrictor(min_tasks=1))  # after the start
+            ev = Event()
+            futures = client.compute(held_graph(ev))
+            _wait_for(lambda: client.run_on_scheduler(scheduler_counts)["still"])
+            driver.get(cluster.dashboard_link.replace("/status", ROUTE))
+            wait_rendered(driver)
+
+            def same() -> bool:
+                before = client.run_on_scheduler(scheduler_counts)
+                shown = source_data(driver, "autorestrictor-workers")
+                after = client.run_on_scheduler(scheduler_counts)
+                assert before == after and before["still"], "the run moved during the check"
+                return shown is not None and page_counts(shown) == before["counts"]
+
+            _wait_for(same, timeout=10)  # the page updates once a second
+            shown = page_counts(source_data(driver, "autorestrictor-workers"))
+            assert len(shown) == 3 and sum(c["held"] for c in shown.values()) == 18
+            words = model_text(driver, "autorestrictor-words")
+            assert "6 root tasks waiting for a free thread on worker" in words
+            assert source_data(driver, "autorestrictor-plans")["n_pinned"] == [48]
+            shot = tmp_path / "dashboard.png"
+            driver.save_screenshot(str(shot))
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+            ev.set()
+            assert sorted(client.gather(futures)) == sorted(
+                list(range(24)) + [i + 1 for i in range(24)])
+    finally:
+        driver.quit()
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
