@@ -101,12 +101,23 @@ def model_text(driver, name: str) -> str | None:
 # ---------------------------------------------------------------------------
 
 
-def _gate(block, ev, block_id=None):
-    """Wait for ``ev`` in every column chunk past the eighth of each 32 (the
-    plan's seams fall on multiples of 32 here: each worker runs 8 first)."""
-    if block_id is not None and block_id[1] % 32 >= 8:
+def _gate(block, ev, free, block_id=None):
+    """Wait for ``ev`` unless this column chunk is one of the ``free`` ones."""
+    if block_id is not None and block_id[1] not in free:
         ev.wait()
     return block
+
+
+def _first_columns(e, n: int) -> set[int]:
+    """The first ``n`` column chunks each worker runs, by ``explain()``'s plan."""
+    m, p = e.map, e.plan
+    rank = dict(zip(p.keys, p.rank_of.tolist()))
+    chunks = [k for k in p.keys if type(k) is tuple and k[0] == m.name]
+    free: set[int] = set()
+    for w in p.workers:
+        mine = sorted((rank[k], k[-1]) for k in chunks if p.assignment[k] == w)
+        free.update(col for _, col in mine[:n])
+    return free
 
 
 def dashboard_picture(path: Path) -> None:
@@ -114,6 +125,7 @@ def dashboard_picture(path: Path) -> None:
     import dask.array as da
     from distributed import Client, Event, LocalCluster
 
+    import autorestrictor
     from autorestrictor import AutoRestrictor
 
     with LocalCluster(n_workers=4, threads_per_worker=1, processes=True, memory_limit=0,
@@ -121,10 +133,15 @@ def dashboard_picture(path: Path) -> None:
         client.register_plugin(AutoRestrictor())
         ev = Event()
         x = da.random.default_rng(0).random((20_000, 120), chunks=(20_000, 1))
-        y = x.map_blocks(_gate, ev, dtype=float).sum(axis=1)
-        future = client.compute(y)
+
+        def graph(free):
+            return x.map_blocks(_gate, ev, free, dtype=float).sum(axis=1)
+
+        # explain() tells which chunks each worker runs first: let 8 of them through
+        free = _first_columns(autorestrictor.explain(graph(set()), client=client), 8)
+        future = client.compute(graph(free))
         deadline = time.monotonic() + 60
-        while client.run_on_scheduler(_processing) < 8:  # every worker holds 2 gated chunks
+        while not client.run_on_scheduler(_gated, free=free):
             assert time.monotonic() < deadline, "the run did not reach its gates"
             time.sleep(0.1)
         url = cluster.dashboard_link.replace("/status", "/autorestrictor")
@@ -141,8 +158,12 @@ def dashboard_picture(path: Path) -> None:
         future.result()
 
 
-def _processing(dask_scheduler=None) -> int:
-    return sum(len(ws.processing) for ws in dask_scheduler.workers.values())
+def _gated(dask_scheduler=None, free=()) -> bool:
+    """Every worker has reached its gate: it runs a chunk that waits for the event."""
+    return all(
+        any(type(ts.key) is tuple and ts.key[-1] not in free for ts in ws.processing)
+        for ws in dask_scheduler.workers.values()
+    )
 
 
 def explain_picture(path: Path) -> None:
