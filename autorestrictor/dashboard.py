@@ -180,6 +180,7 @@ class WorkerCounts:
     def __init__(self, scheduler, **kwargs):
         self.scheduler = scheduler
         self._finished: weakref.WeakSet = weakref.WeakSet()
+        self._labels: list[str] | None = None
         empty = {k: [] for k in ("worker", "label", "waiting", "held", "processing", "done",
                                  "moves_in", "moves_out", "nthreads", "y")}
         empty.update({f"{p}_left": [] for p, _, _ in PARTS})
@@ -220,10 +221,12 @@ class WorkerCounts:
             counts[f"{part}_left"], counts[f"{part}_right"] = left, right
             left = right
         update(self.source, counts)
-        self.figure.yaxis.ticker = FixedTicker(ticks=list(range(n)))
-        self.figure.yaxis.major_label_overrides = dict(enumerate(counts["label"]))
-        self.figure.y_range.start, self.figure.y_range.end = -0.6, max(n, 1) - 0.4
-        self.figure.height = 130 + 30 * max(n, 1)
+        if counts["label"] != self._labels:  # workers came or went: redraw the axis
+            self._labels = counts["label"]
+            self.figure.yaxis.ticker = FixedTicker(ticks=list(range(n)))
+            self.figure.yaxis.major_label_overrides = dict(enumerate(counts["label"]))
+            self.figure.y_range.start, self.figure.y_range.end = -0.6, max(n, 1) - 0.4
+            self.figure.height = 130 + 30 * max(n, 1)
         self.words.text = self._words(counts)
 
     def _words(self, counts) -> str:

@@ -222,10 +222,15 @@ def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
         with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, memory_limit=0,
                           dashboard_address=":0") as cluster, Client(cluster) as client:
             client.register_plugin(AutoRestrictor(min_tasks=1))  # after the start
+            url = cluster.dashboard_link.replace("/status", ROUTE)
+            driver.get(url)  # before any plan: the empty state
+            wait_rendered(driver)
+            assert "No plans yet" in model_text(driver, "autorestrictor-words")
+            assert source_data(driver, "autorestrictor-plans")["id"] == []
             ev = Event()
             futures = client.compute(held_graph(ev))
             _wait_for(lambda: client.run_on_scheduler(scheduler_counts)["still"])
-            driver.get(cluster.dashboard_link.replace("/status", ROUTE))
+            driver.get(url)
             wait_rendered(driver)
 
             def same() -> bool:
