@@ -171,8 +171,8 @@ def explain(
     >>> import dask.array as da
     >>> x = da.ones((10, 40), chunks=(10, 1)).sum(axis=1)
     >>> e = explain(x, workers=4, min_tasks=10)
-    >>> e.map.name.startswith("ones"), e.map.shape, len(set(e.assignment.values()))
-    (True, (1, 40), 4)
+    >>> e.reason, e.map.shape, len(set(e.assignment.values()))
+    (None, (1, 40), 4)
     """
     dsk, annotations = _graph(obj)
     if client is not None and workers is not None:

@@ -76,7 +76,7 @@ def test_core_does_not_import_the_tools(name):
     assert not imported & {"pandas", "pyarrow", "matplotlib", "bokeh", "psutil", "dask.array"}
 
 
-@pytest.mark.parametrize("name", ["planner", "rebalance", "graph", "datamap"])
+@pytest.mark.parametrize("name", ["planner", "rebalance", "graph", "datamap", "explanation"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
