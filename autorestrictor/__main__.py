@@ -1,4 +1,4 @@
-"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests,bound} ...``.
+"""Command line: ``python -m autorestrictor COMMAND ...`` (bench, demo, bound, ...).
 
 Adding a subcommand means writing one function decorated with
 :func:`subcommand`: it receives the subcommand's ``argparse`` parser, adds its
@@ -63,6 +63,14 @@ def _bound(parser: argparse.ArgumentParser) -> Runner:
 
     bound.add_arguments(parser)
     return bound.main
+
+
+@subcommand("screenshots", help="regenerate docs/dashboard.png and docs/explain.png (Chromium)")
+def _screenshots(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor.tools import screenshots
+
+    screenshots.add_arguments(parser)
+    return screenshots.main
 
 
 def build_parser() -> argparse.ArgumentParser:
