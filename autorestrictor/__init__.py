@@ -1,7 +1,8 @@
 """autorestrictor: keep a Dask graph's related tasks on one worker.
 
 ``plan`` is the pure planner (it never imports ``distributed``);
-``AutoRestrictor`` is the scheduler plugin that applies its plans.
+``AutoRestrictor`` is the scheduler plugin that applies its plans;
+``explain(collection)`` shows the plan for a computation before it runs.
 
 Install it in any of the ways Dask installs scheduler plugins::
 
@@ -23,6 +24,7 @@ __all__ = [
     "Options",
     "Plan",
     "dask_setup",
+    "explain",
     "install_plugin",
     "last_plans",
     "last_rebalances",
@@ -36,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from autorestrictor.plugin import AutoRestrictor
 
         return AutoRestrictor
+    if name == "explain":  # imports dask's graph machinery; not needed by the plugin
+        from autorestrictor.explanation import explain
+
+        return explain
     raise AttributeError(f"module 'autorestrictor' has no attribute {name!r}")
 
 

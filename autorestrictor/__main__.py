@@ -1,4 +1,4 @@
-"""Command line: ``python -m autorestrictor {bench,bench-plan,demo,dasktests} ...``.
+"""Command line: ``python -m autorestrictor COMMAND ...`` (bench, demo, bound, ...).
 
 Adding a subcommand means writing one function decorated with
 :func:`subcommand`: it receives the subcommand's ``argparse`` parser, adds its
@@ -55,6 +55,22 @@ def _dasktests(parser: argparse.ArgumentParser) -> Runner:
 
     dasktests.add_arguments(parser)
     return dasktests.main
+
+
+@subcommand("bound", help="fewest bytes any plan must move at a given balance")
+def _bound(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor.tools import bound
+
+    bound.add_arguments(parser)
+    return bound.main
+
+
+@subcommand("screenshots", help="regenerate docs/dashboard.png and docs/explain.png (Chromium)")
+def _screenshots(parser: argparse.ArgumentParser) -> Runner:
+    from autorestrictor.tools import screenshots
+
+    screenshots.add_arguments(parser)
+    return screenshots.main
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from tornado import web
 
@@ -34,3 +35,23 @@ def add_routes(scheduler) -> None:
         return
     app.add_application(web.Application([(ROUTE, PlansJSON, {"dask_server": scheduler})]))
     scheduler._autorestrictor_routes = True
+
+
+def add_dashboard(scheduler) -> None:
+    """Add the autorestrictor page to the scheduler's Bokeh dashboard, if it runs one.
+
+    The dashboard's modules (and so Bokeh) are loaded only when the
+    scheduler started its dashboard; otherwise nothing is imported.
+    """
+    if getattr(scheduler, "_autorestrictor_dashboard", False):
+        return
+    scheduler._autorestrictor_dashboard = True
+    if "distributed.dashboard.scheduler" not in sys.modules:
+        logger.info("scheduler has no Bokeh dashboard: the autorestrictor page is not added")
+        return
+    try:
+        from autorestrictor import dashboard
+    except ImportError as e:
+        logger.warning("the autorestrictor dashboard page could not be loaded: %s", e)
+        return
+    dashboard.register(scheduler)

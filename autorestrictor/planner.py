@@ -105,6 +105,10 @@ class Plan:
         Decisions worth knowing (groups left to Dask as all-to-all, ...).
     plan_s:
         Seconds spent planning.
+    rank_of:
+        For each pinned key, its place in the run order (dask.order's
+        priority where given): sorting by it lists the pinned keys in the
+        order they will run. Used to draw the plan (:mod:`autorestrictor.datamap`).
     """
 
     workers: list[str]
@@ -120,6 +124,7 @@ class Plan:
     cost_of: np.ndarray | None = field(default=None, repr=False)
     unit_of: np.ndarray | None = field(default=None, repr=False)
     sizes: dict | None = None
+    rank_of: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def units(self) -> np.ndarray:
@@ -295,6 +300,7 @@ def plan(
         notes=tuple(notes), plan_s=perf_counter() - start,
         cost_of=None if cost is None else a.cost[pinned],
         unit_of=_units(g, worker_of, piece_of, pinned),
+        rank_of=a.rank[pinned],
     )
 
 

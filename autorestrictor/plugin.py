@@ -134,6 +134,8 @@ class State:
         self.last_rebalance = -math.inf
         self.unavailable: dict[str, float] = {}  # paused or closing worker -> since
         self.faults: set[str] = set()  # hooks that raised (each logged once)
+        self.last_plan: Plan | None = None  # the newest applied plan (for the dashboard)
+        self.last_plan_id = 0  # its ``id`` in ``history``
 
 
 class AutoRestrictor(SchedulerPlugin):
@@ -191,7 +193,7 @@ class AutoRestrictor(SchedulerPlugin):
         if self.scheduler is scheduler:
             return
         self.scheduler = scheduler
-        from autorestrictor.http import add_routes
+        from autorestrictor.http import add_dashboard, add_routes
 
         add_routes(scheduler)
         previous = getattr(scheduler, "_autorestrictor", None)
@@ -214,6 +216,10 @@ class AutoRestrictor(SchedulerPlugin):
         scheduler.periodic_callbacks["autorestrictor-release"] = pc
         if getattr(scheduler, "status", None) is not None and scheduler.status.name == "running":
             pc.start()
+        try:
+            add_dashboard(scheduler)
+        except Exception as e:  # a page must never stop the plugin
+            self._fault("dashboard page", e)
 
     def restart(self, scheduler) -> None:
         # Every task is forgotten on restart; so are our pins.
@@ -298,6 +304,7 @@ class AutoRestrictor(SchedulerPlugin):
             )
             return
         self._record(p.summary(), start)
+        self.state.last_plan, self.state.last_plan_id = p, self.state.n_plans
 
     def _plan(self, scheduler, keys: list, annotations: dict) -> Plan:
         """Read the graph from scheduler state and call the planner.
@@ -363,7 +370,7 @@ class AutoRestrictor(SchedulerPlugin):
                     where = _where(dts, self.state.held_at)
                     if where is not None:
                         who_has[dts.key] = where
-        workers = {ws.address: ws.nthreads for ws in scheduler.running}
+        workers = running_workers(scheduler)
         busy = {a: self._waiting_work(a) for a in workers}
         learned = {k: v for k, (v, _) in self.state.prefix_bytes.items()}
         sizes = estimate_sizes(nbytes, prefix_of, learned)
@@ -584,7 +591,10 @@ class AutoRestrictor(SchedulerPlugin):
 
     def _expected(self, ts) -> float:
         """Expected compute seconds of a task: its prefix's average so far."""
-        prefix = ts.prefix
+        return self.expected_seconds(ts.prefix)
+
+    def expected_seconds(self, prefix) -> float:
+        """Expected compute seconds of a task of ``prefix`` (a ``TaskPrefix`` or ``None``)."""
         if prefix is not None:
             mean = self.state.prefix_mean.get(prefix.name)
             if mean is not None:
@@ -986,6 +996,21 @@ class AutoRestrictor(SchedulerPlugin):
         else:
             logger.log(level, "left a graph of %s task(s) to Dask: %s",
                        record.get("n_tasks"), record["reason"], exc_info=exc_info)
+
+
+def running_workers(scheduler) -> dict[str, int]:
+    """``address -> threads`` of the running workers, sorted by address.
+
+    The planner deals work to workers in this order. Sorted, so that the
+    same graph on the same workers gets the same plan whoever asks
+    (:func:`autorestrictor.explain` calls the planner with this order too);
+    ``scheduler.running`` is a set.
+    """
+    return {ws.address: ws.nthreads for ws in sorted(scheduler.running, key=_address)}
+
+
+def _address(ws) -> str:
+    return ws.address
 
 
 @contextlib.contextmanager

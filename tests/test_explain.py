@@ -1,0 +1,162 @@
+"""``autorestrictor.explain``: the plan before running, the same as the plugin's."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from distributed import Event
+from distributed.utils_test import async_poll_for, gen_cluster
+
+import autorestrictor
+from autorestrictor import AutoRestrictor
+from autorestrictor.datamap import data_map, default_transfer, worker_colour
+from autorestrictor.planner import plan
+
+
+def seed_example(n_chunks: int = 200, rows: int = 1000):
+    """The seed's example (its shape; fewer rows): column chunks summed over columns."""
+    return da.random.default_rng(42).random((rows, n_chunks), chunks=(rows, 1)).sum(axis=1)
+
+
+def test_explain_seed_example_shows_the_chunk_map():
+    e = autorestrictor.explain(seed_example(), workers=4)
+    assert e.reason is None
+    m = e.map
+    assert m.kind == "chunks" and m.shape == (1, 200) and m.name.startswith("random")
+    # every chunk pinned, in four contiguous runs of columns, one per worker
+    row = m.grid[0]
+    assert (row >= 0).all()
+    assert (np.diff(row) != 0).sum() == 3 and len(set(row.tolist())) == 4
+    # the plan moves a few partial sums; Dask's queue spreads each subtree's chunks
+    assert e.predicted_bytes <= 4 and e.default_bytes >= 100
+    html = e._repr_html_()
+    assert "<svg" in html and "worker-3" in html
+    for i in range(4):  # the four workers' colours fill the map
+        assert f'fill="{worker_colour(i)}"' in html
+    assert "task outputs" in html  # nothing learned yet: bytes counted in outputs
+    assert "Chunks of random" in repr(e)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4)
+async def test_explain_makes_the_plugins_plan(c, s, *workers):
+    """explain(client=) returns the assignment the plugin then applies."""
+    await c.register_plugin(AutoRestrictor())
+    # a first graph of the same kind: the plugin learns sizes and durations
+    await c.compute(seed_example(n_chunks=40, rows=2000))
+    x = seed_example(rows=1001)
+    e = await _explain_async(c, x)
+    assert e.sizes["learned"] > 0 and e.reason is None
+    st = s._autorestrictor
+    seen = st.last_plan_id
+    result = await c.compute(x)
+    assert st.last_plan_id > seen
+    assert st.last_plan.assignment == e.assignment
+    assert set(e.assignment.values()) == {w.address for w in workers}
+    np.testing.assert_allclose(result, x.compute(scheduler="sync"))
+
+
+async def _explain_async(c, obj, **kwargs):
+    """explain() from a coroutine: run it in a thread with a synchronous client view."""
+    import asyncio
+
+    view = _AsyncClientView(c, asyncio.get_running_loop())
+    return await asyncio.to_thread(autorestrictor.explain, obj, client=view, **kwargs)
+
+
+class _AsyncClientView:
+    """Enough of a client for explain(), bridging to an asynchronous one."""
+
+    def __init__(self, client, loop):
+        self._client, self._loop = client, loop
+        self.scheduler = client.scheduler
+
+    def run_on_scheduler(self, fn, **kwargs):
+        import asyncio
+
+        async def call():
+            return await self._client.run_on_scheduler(fn, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=30)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3)
+async def test_explain_on_delayed_and_raw_graphs_matches_the_plugin(c, s, *workers):
+    await c.register_plugin(AutoRestrictor(min_tasks=10))
+    ev = Event()
+    parts = [dask.delayed(_wait_then, pure=True)(i, ev) for i in range(60)]
+    total = dask.delayed(sum)([dask.delayed(_double)(p) for p in parts])
+    e = await _explain_async(c, total)
+    assert e.map.kind == "runs" and e.reason is None
+    fut = c.compute(total)
+    st = s._autorestrictor
+    await async_poll_for(lambda: st.last_plan is not None, timeout=10)
+    assert st.last_plan.assignment == e.assignment
+    await ev.set()
+    assert await fut == sum(2 * i for i in range(60))
+
+    # a raw graph: every key computed
+    dsk = {("a", i): (_double, i) for i in range(30)}
+    dsk.update({("b", i): (_double, ("a", i)) for i in range(30)})
+    e = await _explain_async(c, dsk)
+    assert e.map.kind == "chunks" and e.map.shape == (30,)
+    assert len(e.assignment) == 60
+
+
+def _wait_then(i, ev):
+    ev.wait()
+    return i
+
+
+def _double(x):
+    return 2 * x
+
+
+def test_explain_steps_back_with_a_reason():
+    x = da.ones((10, 10), chunks=(10, 1)).sum()
+    e = autorestrictor.explain(x, workers=4)  # 21 tasks < min-tasks
+    assert e.reason is not None and "min-tasks" in e.reason
+    assert e.map.kind == "empty" and not e.assignment
+    assert "Left to Dask" in e._repr_html_() and "min-tasks" in e._repr_html_()
+
+
+@pytest.mark.parametrize("bad", [3, "x", [1, 2], object()])
+def test_explain_rejects_what_is_not_a_graph(bad):
+    with pytest.raises(TypeError, match=f"got .*{type(bad).__name__}"):
+        autorestrictor.explain(bad)
+
+
+def test_explain_rejects_bad_workers():
+    x = seed_example(n_chunks=8)
+    with pytest.raises(TypeError, match="workers must be"):
+        autorestrictor.explain(x, workers="four")
+    with pytest.raises(ValueError, match="at least 1"):
+        autorestrictor.explain(x, workers=0)
+    with pytest.raises(ValueError, match="not both"):
+        autorestrictor.explain(x, workers=2, client=object())
+
+
+def test_data_map_of_runs_and_big_grids():
+    deps = {f"t{i}": [] for i in range(40)}
+    m = data_map(plan(deps, {"a": 1, "b": 2}, min_tasks=1))
+    assert m.kind == "runs"
+    assert sum(b - a for a, b, _ in m.runs) == 40
+    assert {w for _, _, w in m.runs} == {0, 1}
+    assert sum(m.load) == 40 and m.load[1] > m.load[0]  # b has two threads
+    # 300 x 300 chunks: drawn every other chunk along each axis
+    deps = {("x", i, j): [] for i in range(300) for j in range(300)}
+    m = data_map(plan(deps, {"a": 1, "b": 1}, min_tasks=1))
+    assert m.shape == (300, 300) and m.step == 2 and m.grid.shape == (150, 150)
+
+
+def test_default_transfer_counts_what_the_queue_scatters():
+    # 8 roots read pairwise by 4 sums on 2 workers: the queue deals roots
+    # alternately, so every pair is split and one input of each sum moves
+    deps = {("r", i): [] for i in range(8)}
+    deps.update({("s", i): [("r", 2 * i), ("r", 2 * i + 1)] for i in range(4)})
+    priority = {k: n for n, k in enumerate(deps)}
+    assert default_transfer(deps, {"a": 1, "b": 1}, priority=priority,
+                            nbytes=dict.fromkeys(deps, 5)) == 20.0
+    with pytest.raises(TypeError, match="workers"):
+        default_transfer(deps, {})
