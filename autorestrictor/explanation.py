@@ -174,10 +174,12 @@ def explain(
     >>> e.reason, e.map.shape, len(set(e.assignment.values()))
     (None, (1, 40), 4)
     """
+    from autorestrictor.plugin import graph_order
+
     dsk, annotations = _graph(obj)
     if client is not None and workers is not None:
         raise ValueError("give workers= or client=, not both: the client's workers are used")
-    keys = sorted(dsk, key=_by_type_then_value)
+    keys = graph_order(dsk)
     prefixes = {k: key_split(k) for k in keys}
     if client is not None:
         externals = {d for k in keys for d in dsk[k].dependencies if d not in dsk}
@@ -258,21 +260,22 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
 
 def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
     """On the scheduler: what the plugin would give the planner for a graph of ``keys``."""
-    from autorestrictor.plugin import AutoRestrictor, running_workers
+    from autorestrictor.plugin import (
+        AutoRestrictor,
+        expected_seconds,
+        running_workers,
+        unknown_duration,
+    )
 
     s = dask_scheduler
     plugin = s.plugins.get("autorestrictor")
     installed = isinstance(plugin, AutoRestrictor) and plugin.scheduler is s
     workers = running_workers(s)
-    unknown = float(getattr(s, "UNKNOWN_TASK_DURATION", 0.5))
-    expected = {}
-    for name in prefixes:
-        prefix = s.task_prefixes.get(name)
-        if installed:
-            expected[name] = plugin.expected_seconds(prefix)
-        else:
-            expected[name] = (prefix.duration_average if prefix is not None
-                              and prefix.duration_average > 0 else unknown)
+    means = plugin.state.prefix_mean if installed else {}
+    expected = {
+        name: expected_seconds(s.task_prefixes.get(name), means, unknown_duration(s))
+        for name in prefixes
+    }
     who_has, nbytes = {}, {}
     for k in keys:
         ts = s.tasks.get(k)
@@ -294,18 +297,16 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict
     """The planner's inputs, built as ``AutoRestrictor._plan`` builds them."""
     import dask.order
 
-    from autorestrictor.plugin import _P2PBarrierTask
+    from autorestrictor.plugin import is_p2p_barrier
 
     priority = dask.order.order(dsk)
     dependencies = {k: list(dsk[k].dependencies) for k in keys}
-    who_has = {k: v for k, v in view["who_has"].items()}
+    who_has = view["who_has"]
     opted_out = annotations.get("autorestrict", {})
     restricted = set().union(*(annotations.get(a, {}) for a in _RESTRICTING))
     skip = [k for k in keys if k not in who_has and (
         opted_out.get(k, True) is False or k in restricted)]
-    p2p = [k for k in keys if (
-        isinstance(dsk[k], _P2PBarrierTask) if _P2PBarrierTask is not None
-        else isinstance(k, str) and k.startswith("shuffle-barrier-"))]
+    p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
     sizes = estimate_sizes(view["nbytes"], prefixes, view["learned"])
     return {
         "dependencies": dependencies,
@@ -316,11 +317,6 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict
             "busy": view["busy"], "placed_at_run_time": p2p,
         },
     }
-
-
-def _by_type_then_value(key):
-    # the plugin's order of a graph's keys (chunks in order; strings apart)
-    return type(key).__name__, key
 
 
 # ---------------------------------------------------------------------------

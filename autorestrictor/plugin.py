@@ -318,14 +318,7 @@ class AutoRestrictor(SchedulerPlugin):
         """
         tasks = scheduler.tasks
         opted_out = annotations.get("autorestrict", {})
-        try:
-            # The planner keeps groups in the order it is given them. Sorted
-            # keys are chunk order for Dask collections, ("x", 0, 9) before
-            # ("x", 0, 10), so neighbouring chunks land on one worker and a
-            # later graph combining them finds them together.
-            keys = sorted(keys, key=_by_type_then_value)
-        except TypeError:
-            logger.debug("keys of mixed types: planning in the scheduler's order")
+        keys = graph_order(keys)
         dependencies: dict = {}
         nbytes: dict = {}  # measured
         prefix_of: dict = {}
@@ -352,7 +345,7 @@ class AutoRestrictor(SchedulerPlugin):
                 priority[key] = ts.priority[-1]
             if ts.nbytes >= 0:
                 nbytes[key] = ts.nbytes
-            if _is_p2p_barrier(ts):
+            if is_p2p_barrier(ts.key, ts.run_spec):
                 p2p.append(key)
             if not _free(ts, opted_out):
                 where = _where(ts, self.state.held_at)
@@ -591,17 +584,7 @@ class AutoRestrictor(SchedulerPlugin):
 
     def _expected(self, ts) -> float:
         """Expected compute seconds of a task: its prefix's average so far."""
-        return self.expected_seconds(ts.prefix)
-
-    def expected_seconds(self, prefix) -> float:
-        """Expected compute seconds of a task of ``prefix`` (a ``TaskPrefix`` or ``None``)."""
-        if prefix is not None:
-            mean = self.state.prefix_mean.get(prefix.name)
-            if mean is not None:
-                return mean[0]
-            if prefix.duration_average > 0:
-                return prefix.duration_average
-        return float(getattr(self.scheduler, "UNKNOWN_TASK_DURATION", 0.5))
+        return expected_seconds(ts.prefix, self.state.prefix_mean, unknown_duration(self.scheduler))
 
     def _movable(self, addr: str) -> list[Unit]:
         """The units of ``addr``'s run that have not started (root still held there)."""
@@ -613,7 +596,7 @@ class AutoRestrictor(SchedulerPlugin):
         means = [m for m, _ in self.state.prefix_mean.values()]
         if means:
             return sum(means) / len(means)
-        return float(getattr(self.scheduler, "UNKNOWN_TASK_DURATION", 0.5))
+        return unknown_duration(self.scheduler)
 
     def _waiting_work(self, addr: str) -> float:
         """Expected seconds of pinned work not yet done on ``addr`` (for the next plan).
@@ -1038,19 +1021,52 @@ def _by_priority(u: Unit):
     return u.priority or ()
 
 
+def graph_order(keys) -> list:
+    """A graph's keys in the order the planner is given them.
+
+    The planner keeps groups in the order it is given them. Sorted keys are
+    chunk order for Dask collections, ("x", 0, 9) before ("x", 0, 10), so
+    neighbouring chunks land on one worker and a later graph combining them
+    finds them together. Keys that do not compare keep the given order.
+    """
+    try:
+        return sorted(keys, key=_by_type_then_value)
+    except TypeError:
+        logger.debug("keys that do not compare: planning in the given order")
+        return list(keys)
+
+
 def _by_type_then_value(key):
     # Dask graphs mix tuple keys (chunks) with a few string keys (finalize).
     return type(key).__name__, key
 
 
-def _is_p2p_barrier(ts) -> bool:
+def is_p2p_barrier(key, run_spec) -> bool:
     """A P2P shuffle's or rechunk's barrier. P2P reads its ``worker_restrictions``
     to choose the workers that take part, and pins each output where its
     partition is, at run time; the planner leaves it and all that follows
     it to Dask (``placed_at_run_time``)."""
     if _P2PBarrierTask is not None:
-        return isinstance(ts.run_spec, _P2PBarrierTask)
-    return isinstance(ts.key, str) and ts.key.startswith("shuffle-barrier-")
+        return isinstance(run_spec, _P2PBarrierTask)
+    return isinstance(key, str) and key.startswith("shuffle-barrier-")
+
+
+def expected_seconds(prefix, prefix_mean: dict, unknown: float) -> float:
+    """Expected compute seconds of a task of ``prefix`` (a ``TaskPrefix`` or
+    ``None``): the plugin's own average for it (``prefix_mean``: name ->
+    (mean, count)), else the scheduler's, else ``unknown``."""
+    if prefix is not None:
+        mean = prefix_mean.get(prefix.name)
+        if mean is not None:
+            return mean[0]
+        if prefix.duration_average > 0:
+            return prefix.duration_average
+    return unknown
+
+
+def unknown_duration(scheduler) -> float:
+    """The scheduler's expected duration of a task of a kind never seen."""
+    return float(getattr(scheduler, "UNKNOWN_TASK_DURATION", 0.5))
 
 
 def _free(ts, opted_out: dict) -> bool:

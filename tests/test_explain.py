@@ -121,6 +121,17 @@ def test_explain_steps_back_with_a_reason():
     assert "Left to Dask" in e._repr_html_() and "min-tasks" in e._repr_html_()
 
 
+def test_explain_plans_graphs_whose_keys_do_not_compare():
+    # ("a", 0) and ("a", "x") cannot be sorted together: planned in the
+    # given order, as the plugin does, rather than failing.
+    dsk = {("a", i): (_double, i) for i in range(8)}
+    dsk.update({("a", "x", i): (_double, ("a", i)) for i in range(8)})
+    e = autorestrictor.explain(dsk, workers=2, min_tasks=1)
+    assert e.reason is None and set(e.assignment) == set(dsk)
+    for i in range(8):  # each chain on one worker
+        assert e.assignment[("a", i)] == e.assignment[("a", "x", i)]
+
+
 @pytest.mark.parametrize("bad", [3, "x", [1, 2], object()])
 def test_explain_rejects_what_is_not_a_graph(bad):
     with pytest.raises(TypeError, match=f"got .*{type(bad).__name__}"):
