@@ -78,24 +78,23 @@ HOLD = "autorestrictor://held"
 #: Task states in which a pin still matters: the task has not run yet.
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
 
-#: A worker counts as slower or faster than the others only when its pace
-#: differs from the median worker's by more than this factor: on a shared
-#: machine, CPU-bound tasks on equal workers vary by a third or more from one
-#: worker to the next (in the bench's vorticity, one worker once looked five
-#: times slower for a while), and moving work on that noise costs transfers
-#: for nothing.
+#: A worker counts as slow only when its tasks take this many times longer
+#: than the same kind of task (prefix) takes on the median worker: on a
+#: shared machine, CPU-bound tasks on equal workers vary by a third or more
+#: from one worker to the next (in the bench's vorticity, one worker once
+#: looked five times slower for a while), and moving work on that noise costs
+#: transfers for nothing. A slow worker's units are costed at its own pace,
+#: it gives work until its run is done, and it takes less as a thief.
 _PACE_NOISE = 2.0
 
-#: Tasks a worker must have finished before its pace counts. A run's first
-#: tasks pay for imports, page faults and a cold cache; a worker that
-#: finished a few of them early looked five times faster than the others in
-#: the seed example, and took far too much.
-_PACE_MIN_TASKS = 16
+#: Tasks of a prefix a worker must have finished before its pace on that
+#: prefix counts. A run's first tasks pay for imports, page faults and a cold
+#: cache.
+_PACE_MIN_TASKS = 8
 
-#: Weight of the newest task in a worker's pace (an exponential average).
-#: A tenth: after twenty tasks a worker that became three times slower is
-#: seen as more than twice slower; one odd task moves the pace by at most 10%.
-_PACE_WEIGHT = 0.1
+#: A worker's pace on a prefix is the mean of about its last this many tasks
+#: of it, so that it follows the worker into cheaper or dearer chunks.
+_PACE_WINDOW = 10
 
 
 @dataclasses.dataclass(eq=False)
@@ -112,7 +111,7 @@ class Unit:
 
     @property
     def cost(self) -> float:
-        """Work in tasks: the rebalancer weighs workers by their observed pace instead."""
+        """Work in tasks (for re-homing whole pieces; the rebalancer uses seconds)."""
         return float(len(self.keys))
 
 
@@ -124,7 +123,8 @@ class State:
         self.held: dict[str, list] = defaultdict(list)  # worker -> heap of (priority, key)
         self.held_at: dict = {}  # key -> the queue that currently owns it
         self.seq = 0  # order of arrival in the held queues, among equal priorities
-        self.pace: dict[str, tuple[float, int]] = {}  # worker -> (pace, tasks seen)
+        self.local: dict[tuple, tuple[float, int]] = {}  # (worker, prefix) -> (recent s, count)
+        self.slow: set[str] = set()  # workers seen slow, until their run is done
         self.prefix_mean: dict[str, tuple[float, int]] = {}  # prefix -> (seconds, count)
         self.prefix_bytes: dict[str, tuple[float, int]] = {}  # prefix -> (bytes, count)
         self.history: deque[dict] = deque(maxlen=history)  # plans
@@ -555,7 +555,7 @@ class AutoRestrictor(SchedulerPlugin):
     # -- rebalancing ---------------------------------------------------------
 
     def _observe(self, key, kwargs: dict) -> None:
-        """Learn each worker's pace from the compute time of a finished task."""
+        """Learn durations and sizes per prefix, and each worker's pace on each prefix."""
         worker = kwargs.get("worker")
         ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
         if worker is None or ts is None or ts.prefix is None:
@@ -578,9 +578,9 @@ class AutoRestrictor(SchedulerPlugin):
         n = min(n + 1, 100)  # a running mean that keeps following a drift
         mean += (took - mean) / n
         st.prefix_mean[name] = (mean, n)
-        pace = mean / took
-        old, seen = st.pace.get(worker, (pace, 0))
-        st.pace[worker] = (old + _PACE_WEIGHT * (pace - old), seen + 1)
+        recent, seen = st.local.get((worker, name), (took, 0))
+        seen += 1
+        st.local[(worker, name)] = (recent + (took - recent) / min(seen, _PACE_WINDOW), seen)
 
     def _expected(self, ts) -> float:
         """Expected compute seconds of a task: its prefix's average so far."""
@@ -606,26 +606,97 @@ class AutoRestrictor(SchedulerPlugin):
         """
         return self._task_seconds() * sum(u.cost for u in self.state.runs.get(addr, ()))
 
-    def _speed(self, ws) -> float:
-        """Threads times pace against the median worker; 1 until the pace is known."""
-        known = {w: p for w, (p, n) in self.state.pace.items() if n >= _PACE_MIN_TASKS}
-        pace = known.get(ws.address)
-        if pace is None or len(known) < 2:
-            return float(ws.nthreads)
-        values = sorted(known.values())
-        pace /= values[len(values) // 2]
-        if 1 / _PACE_NOISE < pace < _PACE_NOISE:
-            pace = 1.0
-        return min(max(pace, 0.1), 10.0) * ws.nthreads
+    def _slowdowns(self, addrs) -> dict[str, float]:
+        """How many times longer each worker's tasks take than the other workers'.
 
-    def _seam_seconds(self) -> float:
-        """What one more seam costs: a typical result sent once, twice over
-        (it is sent, and its reader waits), at the scheduler's bandwidth."""
-        sizes = sorted(b for b, _ in self.state.prefix_bytes.values())
-        if not sizes:
-            return 0.0
+        Per prefix, a worker's recent mean against the median of the other
+        workers' means; the geometric mean of those ratios, weighted by
+        tasks seen. 1.0 where nothing compares yet.
+        """
+        addrs = set(addrs)
+        by_prefix: dict[str, list] = defaultdict(list)
+        for (w, name), (recent, seen) in self.state.local.items():
+            if w in addrs and seen >= _PACE_MIN_TASKS and recent > 0:
+                by_prefix[name].append((w, recent, min(seen, 100)))
+        logs: dict[str, float] = defaultdict(float)
+        weights: dict[str, float] = defaultdict(float)
+        for rows in by_prefix.values():
+            for w, recent, seen in rows:
+                others = [r for v, r, _ in rows if v != w]
+                if others:
+                    logs[w] += seen * math.log(recent / float(np.median(others)))
+                    weights[w] += seen
+        return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in addrs}
+
+    def _seconds(self, addr: str, keys, own: bool) -> float:
+        """Expected seconds of ``keys`` on ``addr``: its own recent pace per
+        prefix if ``own`` (a slow worker), else the prefix's average."""
+        tasks = self.scheduler.tasks
+        unknown = unknown_duration(self.scheduler)
+        means = self.state.prefix_mean
+        local = self.state.local
+        total = 0.0
+        for k in keys:
+            ts = tasks.get(k)
+            if ts is None:
+                continue
+            mine = local.get((addr, ts.prefix.name)) if own and ts.prefix is not None else None
+            if mine is not None and mine[1] >= _PACE_MIN_TASKS:
+                total += mine[0]
+            else:
+                total += expected_seconds(ts.prefix, means, unknown)
+        return total
+
+    def _seams(self, addr: str, units: list[Unit]) -> list[float]:
+        """Seconds that cutting ``addr``'s movable ``units`` before each one costs.
+
+        An edge between units ``i < j`` crosses every cut in ``(i, j]``; an
+        edge to a task that stays on ``addr`` anyway (started, or done and
+        kept there) counts as ``i = -1``. Bytes are measured sizes, else the
+        prefix's average output, sent at the scheduler's bandwidth.
+        """
+        tasks = self.scheduler.tasks
+        n = len(units)
+        pos = {k: i for i, u in enumerate(units) for k in u.keys}
+        diff = [0.0] * (n + 1)
+        sizes = self.state.prefix_bytes
+        here = {addr}
+
+        def stays(ts) -> bool:
+            if ts.state == "memory":
+                return any(ws.address == addr for ws in ts.who_has)
+            return ts.worker_restrictions == here or (
+                ts.processing_on is not None and ts.processing_on.address == addr)
+
+        def nbytes(ts) -> float:
+            if ts.nbytes >= 0:
+                return float(ts.nbytes)
+            known = sizes.get(ts.prefix.name) if ts.prefix is not None else None
+            return known[0] if known else 0.0
+
+        for i, u in enumerate(units):
+            for k in u.keys:
+                ts = tasks.get(k)
+                if ts is None:
+                    continue
+                for d in ts.dependencies:  # inputs: from other units, or from what stays
+                    j = pos.get(d.key)
+                    if j is None:
+                        j = -1 if stays(d) else None
+                    if j is not None and j != i:
+                        b = nbytes(d)
+                        diff[min(i, j) + 1] += b
+                        diff[max(i, j) + 1] -= b
+                for d in ts.dependents:  # readers that stay (the top of a reduction)
+                    if d.key not in pos and stays(d):
+                        diff[0] += nbytes(ts)
+                        diff[i + 1] -= nbytes(ts)
         bandwidth = float(getattr(self.scheduler, "bandwidth", 100e6)) or 100e6
-        return 2 * sizes[len(sizes) // 2] / bandwidth
+        out, acc = [], 0.0
+        for s in range(n):
+            acc += diff[s]
+            out.append(acc / bandwidth)
+        return out
 
     def _maybe_rebalance(self, force: bool = False) -> None:
         """Let workers that ran out of unstarted units take the far end of others' runs."""
@@ -639,7 +710,7 @@ class AutoRestrictor(SchedulerPlugin):
         # Cheap test first (the walk below is linear in pinned units): does
         # any worker have an empty admission queue while another has a few?
         queued = [len(st.held.get(ws.address, ())) for ws in running]
-        if min(queued, default=0) > 0 or max(queued, default=0) < 2:
+        if min(queued, default=0) > 0 or max(queued, default=0) < 1:
             return
         movable = {ws.address: self._movable(ws.address) for ws in running}
         idle = [a for a, m in movable.items() if not m]
@@ -647,34 +718,41 @@ class AutoRestrictor(SchedulerPlugin):
         # ordinary pace gives work only while rebalance-min-left of its run
         # has not started. A slow worker gives whenever others run out.
         left = self.options.rebalance_min_left
-        speed = {ws.address: self._speed(ws) for ws in running}  # threads x pace
-        slow = {ws.address for ws in running if speed[ws.address] < ws.nthreads}
-        gives = {a: m for a, m in movable.items() if len(m) > 1 and (
+        slowdown = self._slowdowns(ws.address for ws in running)
+        # Slow stays slow until its run is done: a thief that took a slow
+        # worker's expensive chunks becomes as slow, and the median with it.
+        slow = {a for a in st.slow | {a for a, x in slowdown.items() if x >= _PACE_NOISE}
+                if st.runs.get(a)}
+        st.slow = slow
+        gives = {a: m for a, m in movable.items() if m and (
             a in slow or len(m) >= left * len(st.runs.get(a, ())))}
         if not idle or not gives:
             return
         st.last_rebalance = now
-        runs = {
-            ws.address: Run(
-                units=[u.cost for u in gives.get(ws.address, ())],
-                pieces=[u.piece for u in gives.get(ws.address, ())],
-                started=float(len(ws.processing)) + (
-                    0.0 if ws.address in gives else sum(u.cost for u in movable[ws.address])),
-                speed=speed[ws.address],
+        runs = {}
+        for ws in running:
+            a = ws.address
+            own = a in slow
+            mine = gives.get(a, ())
+            started = self._seconds(a, [ts.key for ts in ws.processing], own)
+            if a not in gives:
+                started += self._seconds(a, [k for u in movable[a] for k in u.keys], own)
+            runs[a] = Run(
+                units=[self._seconds(a, u.keys, own) for u in mine],
+                pieces=[u.piece for u in mine],
+                started=started,
+                # a slow thief takes in less
+                speed=ws.nthreads / (max(slowdown[a], 1.0) if own and a in idle else 1.0),
+                seams=self._seams(a, mine) if mine else (),
             )
-            for ws in running
-        }
-        movable = gives
-        costs = [u.cost for m in movable.values() for u in m]
-        # Worth a seam only if it saves a unit's work, rebalance-min-gain
-        # seconds, and what the seam's transfer costs.
-        task_s = self._task_seconds()
-        min_gain = max(sum(costs) / len(costs),
-                       (self.options.rebalance_min_gain + self._seam_seconds()) / task_s)
+        # Worth the seams only if the donor finishes rebalance-min-gain
+        # seconds earlier on top of what the seams send.
+        min_gain = self.options.rebalance_min_gain
         moves = rebalance(runs, idle=idle, min_gain=min_gain)
         for mv in moves:
-            self._move(movable[mv.donor][mv.start : mv.start + mv.count], mv.donor, mv.thief)
-            self._record_rebalance(mv.donor, mv.thief, movable[mv.donor][mv.start:][: mv.count])
+            self._move(gives[mv.donor][mv.start : mv.start + mv.count], mv.donor, mv.thief)
+            self._record_rebalance(mv.donor, mv.thief, gives[mv.donor][mv.start:][: mv.count],
+                                   mv.seconds, slowdown)
         if moves:
             self._schedule_release()
 
@@ -719,15 +797,14 @@ class AutoRestrictor(SchedulerPlugin):
         st.runs[thief].extend(units)
         st.runs[thief].sort(key=_by_priority)
 
-    def _record_rebalance(self, donor: str, thief: str, units: list[Unit]) -> None:
+    def _record_rebalance(self, donor: str, thief: str, units: list[Unit], seconds: float,
+                          slowdown: dict[str, float]) -> None:
         n = sum(len(u.keys) for u in units)
-        workers = self.scheduler.workers
-        speed = {a: self._speed(workers[a]) if a in workers else 1.0 for a in (donor, thief)}
         msg = {
             "action": "rebalance", "from": donor, "to": thief, "tasks": n,
-            "units": len(units),
+            "units": len(units), "seconds": round(seconds, 3),
             "why": f"{thief} ran out of unstarted work; {donor} would finish last "
-                   f"(speed {speed[donor]:.2f} vs {speed[thief]:.2f})",
+                   f"(its tasks take {slowdown.get(donor, 1.0):.2f}x the median worker's)",
             "time": time(),
         }
         self.state.moves.append(msg)

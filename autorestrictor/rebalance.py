@@ -16,11 +16,20 @@ while there is local work, then run elsewhere) made locality-preserving.
 
 How much it takes is water-filling on expected finish times: with ``work``
 the expected seconds of a worker's pending units plus what it has started,
-and ``speed`` its observed pace against the cluster's average, every worker
-would finish together at ``sum(work) / sum(speed)``; a thief takes units
-until it would finish then, from donors that would finish later, latest
-first. A move is made only if it brings the donor's finish earlier by more
-than ``min_gain`` seconds and the thief still finishes before the donor did.
+and ``speed`` its threads (divided by how much slower it is, for a slow
+thief), every worker would finish together at ``sum(work) / sum(speed)``; a
+thief takes units until it would finish then, from donors that would finish
+later, latest first. A donor's moves are made only if together they bring
+its finish earlier by more than ``min_gain`` seconds plus what the cuts
+themselves cost (its ``seams``: the seconds to send what crosses them), and
+each thief still finishes before the donor did.
+
+A unit costs what it costs on its donor. Whether a worker that looks slow is
+slow, or was dealt the expensive chunks, cannot be told apart from durations
+alone; the first kind's units get cheaper when they move, the second's do
+not. Costing units at the donor's pace never sends a thief more than it can
+do in time: in the first case it runs out early and takes again, one more
+seam each time.
 """
 
 from __future__ import annotations
@@ -46,14 +55,20 @@ class Run:
         Expected seconds of pinned work the worker has started or been sent
         (not movable).
     speed:
-        Observed pace against the cluster's average (2.0: twice as fast),
-        times the worker's threads.
+        The worker's threads, divided by how much slower than the others it
+        is (what it can take in as a thief).
+    seams:
+        Seconds that cutting the run before unit ``s`` costs (what the tasks
+        on either side send each other), for ``s`` in ``range(len(units))``.
+        A move starts where this is least, within reach of the cut that
+        balances. Empty means unknown: every cut costs the same.
     """
 
     units: Sequence[float]
     pieces: Sequence[int] = ()
     started: float = 0.0
     speed: float = 1.0
+    seams: Sequence[float] = ()
 
     @property
     def work(self) -> float:
@@ -97,7 +112,8 @@ def rebalance(
         The workers that may take work. Default: those with no unit left to
         start (they have run out, or are about to).
     min_gain:
-        Seconds by which a move must bring its donor's finish earlier.
+        Seconds by which a donor's moves, together, must bring its finish
+        earlier, on top of what their cuts cost (``Run.seams``).
 
     Returns
     -------
@@ -119,13 +135,30 @@ def rebalance(
     Notes
     -----
     Complexity: O(units + workers log workers) per move; at most one move
-    per (thief, donor) pair.
+    per (thief, donor) pair; dealt again at most once per donor whose moves
+    do not pay.
     """
     _check(runs)
     if idle is None:
         idle = [w for w, r in runs.items() if not len(r.units)]
     if not idle:
         return []
+    # A donor's moves are judged together: three thieves that each take one
+    # unit of a slow worker's last four gain together what none gains alone.
+    # A donor whose moves do not pay for themselves keeps its run, and the
+    # others are dealt again without it.
+    frozen: set = set()
+    while True:
+        moves = _fill(runs, idle, frozen)
+        poor = _not_worth_it(runs, moves, min_gain)
+        if not poor:
+            return moves
+        frozen |= poor
+
+
+def _fill(runs: Mapping[str, Run], idle: Sequence[str], frozen: set) -> list[Move]:
+    """Water-filling: each idle worker, least loaded first, takes tails from
+    the donors that would finish last, until it would finish at the target."""
     left = {w: len(r.units) for w, r in runs.items()}  # units a donor still has
     work = {w: r.work for w, r in runs.items()}
     speed = {w: r.speed for w, r in runs.items()}
@@ -135,7 +168,7 @@ def rebalance(
         for donor in sorted(runs, key=lambda w: -work[w] / speed[w]):
             want = target * speed[thief] - work[thief]
             excess = work[donor] - target * speed[donor]
-            if donor == thief or want <= 0 or excess <= 0:
+            if donor == thief or donor in frozen or want <= 0 or excess <= 0:
                 continue
             r = runs[donor]
             start = _cut(r, left[donor], min(want, excess))
@@ -145,9 +178,8 @@ def rebalance(
             seconds = float(sum(r.units[start : left[donor]]))
             before = work[donor] / speed[donor]
             after = (work[donor] - seconds) / speed[donor]
-            thief_after = (work[thief] + seconds) / speed[thief]
-            if before - max(after, thief_after) <= min_gain:
-                continue
+            if max(after, (work[thief] + seconds) / speed[thief]) >= before:
+                continue  # it would only swap who finishes last
             moves.append(Move(donor, thief, start, count, seconds))
             left[donor] = start
             work[donor] -= seconds
@@ -155,22 +187,45 @@ def rebalance(
     return moves
 
 
+def _not_worth_it(runs: Mapping[str, Run], moves: list[Move], min_gain: float) -> set:
+    """Donors whose moves together bring their finish earlier by no more
+    than ``min_gain`` plus what their cuts send."""
+    work = {w: r.work for w, r in runs.items()}
+    for m in moves:
+        work[m.donor] -= m.seconds
+        work[m.thief] += m.seconds
+    poor = set()
+    for donor in {m.donor for m in moves}:
+        r = runs[donor]
+        mine = [m for m in moves if m.donor == donor]
+        latest = max([work[donor] / r.speed]
+                     + [work[m.thief] / runs[m.thief].speed for m in mine])
+        cost = min_gain + sum(float(r.seams[m.start]) if len(r.seams) else 0.0 for m in mine)
+        if r.work / r.speed - latest <= cost:
+            poor.add(donor)
+    return poor
+
+
 def _cut(r: Run, n: int, amount: float) -> int:
     """Where the tail of ``r.units[:n]`` worth about ``amount`` seconds starts.
 
     The tail's cost is the nearest to ``amount`` that a whole unit allows.
-    Within a quarter of that tail, the cut then moves to a change of piece
-    if there is one (a whole group moves rather than a group being cut), or
-    else next to the heaviest unit: a unit that carries more tasks closes
+    Within a quarter of that tail, the cut then moves to where what it sends
+    (``r.seams``) plus how far its tail is from ``amount`` is least, in
+    seconds. Without seams it moves to a change of
+    piece if there is one (a whole group moves rather than a group being
+    cut), or else next to the heaviest unit: a unit that carries more tasks closes
     (or opens) a larger subtree (the partial sums of a block follow one of
     the block's chunks), so a cut there leaves one transfer at the seam,
-    not one per level of a reduction. The donor keeps at least its first unit, the one
-    it is about to start.
+    not one per level of a reduction. A donor with nothing started keeps at
+    least its first unit, the one it is about to start; one that is busy
+    may give all it has not started (a slow worker's last units).
     """
-    if n <= 1 or amount <= 0:
+    first = 0 if r.started > 0 else 1
+    if n <= first or amount <= 0:
         return n
     taken, start = 0.0, n
-    while start > 1:
+    while start > first:
         u = float(r.units[start - 1])
         if taken + u / 2 > amount:
             break
@@ -179,7 +234,13 @@ def _cut(r: Run, n: int, amount: float) -> int:
     if start == n:
         return start
     slack = max(1, (n - start) // 4)
-    window = range(max(1, start - slack), min(n - 1, start + slack) + 1)
+    window = range(max(first, start - slack), min(n - 1, start + slack) + 1)
+    if len(r.seams):
+        # Off the balancing point only where the transfer saved is worth
+        # more than the balance lost: both in seconds.
+        tail = {s: float(sum(r.units[s:n])) for s in window}
+        return min(window, key=lambda s: (
+            float(r.seams[s]) + abs(tail[s] - amount), abs(s - start)))
     if len(r.pieces):
         changes = [s for s in window if r.pieces[s] != r.pieces[s - 1]]
         if changes:
@@ -209,3 +270,7 @@ def _check(runs: Mapping[str, Run]) -> None:
             raise ValueError(
                 f"worker {w!r}: {len(r.pieces)} pieces for {len(r.units)} units"
             )
+        if len(r.seams) and len(r.seams) != len(r.units):
+            raise ValueError(f"worker {w!r}: {len(r.seams)} seams for {len(r.units)} units")
+        if any(c < 0 for c in r.seams):
+            raise ValueError(f"worker {w!r} has a negative seam cost")

@@ -49,16 +49,17 @@ def clusters(draw, max_workers: int = 8) -> dict:
 
 
 def runs() -> st.SearchStrategy:
-    """``worker -> Run`` for the rebalancer: random costs, started work and paces."""
+    """``worker -> Run`` for the rebalancer: random costs, started work, paces
+    and (for some runs) what each cut would send."""
     from autorestrictor.rebalance import Run
 
-    return st.dictionaries(
-        st.sampled_from(list("abcdef")),
-        st.builds(
-            Run,
-            units=st.lists(st.floats(0.01, 10), max_size=30),
-            started=st.floats(0, 5),
-            speed=st.floats(0.1, 4),
-        ),
-        min_size=1,
-    )
+    @st.composite
+    def run(draw):
+        units = draw(st.lists(st.floats(0.01, 10), max_size=30))
+        seams = draw(st.one_of(
+            st.just(()),
+            st.lists(st.floats(0, 3), min_size=len(units), max_size=len(units))))
+        return Run(units, started=draw(st.sampled_from([0.0, 0.5, 5.0])),
+                   speed=draw(st.floats(0.1, 4)), seams=seams)
+
+    return st.dictionaries(st.sampled_from(list("abcdef")), run(), min_size=1)

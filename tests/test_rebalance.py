@@ -76,6 +76,46 @@ def test_a_move_that_does_not_help_is_not_made():
     assert rebalance({"a": Run([1.0, 1.0]), "b": Run([])}, min_gain=1.5) == []
 
 
+def test_a_busy_slow_donor_gives_its_last_units():
+    """A slow worker still running a task may give all it has not started."""
+    runs = {"slow": Run([3.0, 3.0], started=3.0), "fast": Run([])}
+    (m,) = rebalance(runs, min_gain=0.5)
+    assert (m.start, m.count) == (0, 2) or (m.start, m.count) == (1, 1)
+    # nothing started: the first unit stays
+    assert all(m.start >= 1 for m in rebalance({"a": Run([3.0, 3.0]), "b": Run([])}))
+
+
+def test_the_cut_moves_to_the_cheap_seam_only_when_it_pays():
+    """
+    units:  1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1     the even cut is at 8
+    seams:  a cut at 6 sends nothing, every other cut costs the seam
+    """
+    cheap = [5.0] * 16
+    cheap[6] = 0.0
+    runs = {"a": Run([1.0] * 16, seams=cheap), "b": Run([])}
+    assert rebalance(runs)[0].start == 6  # 5 s of transfer saved for 2 s of balance
+    cheap = [0.5] * 16
+    cheap[6] = 0.0
+    runs = {"a": Run([1.0] * 16, seams=cheap), "b": Run([])}
+    assert rebalance(runs)[0].start == 8  # half a second saved is not worth 2 s
+
+
+def test_moves_from_one_donor_are_judged_together():
+    """Three idle workers each take one of a slow worker's last units: each
+    move alone gains 1 s, below min_gain; together they gain 3 s."""
+    runs = {"slow": Run([1.0] * 4, started=1.0), **{w: Run([]) for w in "abc"}}
+    moves = rebalance(runs, min_gain=1.5)
+    assert sorted(m.thief for m in moves) == ["a", "b", "c"]
+    assert all(m.donor == "slow" and m.count == 1 for m in moves)
+
+
+def test_a_move_must_pay_for_its_seam():
+    runs = {"a": Run([1.0] * 4, seams=[3.0] * 4), "b": Run([])}
+    assert rebalance(runs) == []  # the gain (2 s) is less than the seam (3 s)
+    runs = {"a": Run([1.0] * 4, seams=[1.0] * 4), "b": Run([])}
+    assert rebalance(runs) == [Move("a", "b", 2, 2)]
+
+
 def test_bad_input_names_the_worker():
     with pytest.raises(ValueError, match="'w1'.*speed"):
         rebalance({"w1": Run([1.0], speed=0.0)})
@@ -83,6 +123,10 @@ def test_bad_input_names_the_worker():
         rebalance({"w2": Run([-1.0])})
     with pytest.raises(ValueError, match="'w3'.*pieces"):
         rebalance({"w3": Run([1.0, 2.0], pieces=[0])})
+    with pytest.raises(ValueError, match="'w5'.*seams"):
+        rebalance({"w5": Run([1.0, 2.0], seams=[0.0])})
+    with pytest.raises(ValueError, match="'w6'.*negative seam"):
+        rebalance({"w6": Run([1.0], seams=[-1.0])})
     with pytest.raises(TypeError, match="Run"):
         rebalance({"w4": [1.0]})
 
@@ -104,7 +148,12 @@ def test_properties(runs, min_gain):
     old, new = finishes(runs, unmoved), finishes(runs, after)
     assert max(new.values()) <= max(old.values()) + 1e-9, "no move makes the finish later"
     for m in moves:
-        assert m.count >= 1 and m.start >= 1, "a donor keeps the unit it is about to start"
+        assert m.count >= 1
+        assert m.start >= 1 or runs[m.donor].started > 0, (
+            "a donor with nothing started keeps the unit it is about to start")
+        seam = runs[m.donor].seams[m.start] if len(runs[m.donor].seams) else 0.0
+        gain = old[m.donor] - max(new[m.donor], new[m.thief])
+        assert gain > min_gain + seam - 1e-9 or len(moves) > 1, "a move pays for its seam"
 
 
 @pytest.mark.parametrize("heavy_last", [False, True])
