@@ -20,9 +20,9 @@ and ``speed`` its threads (divided by how much slower it is, for a slow
 thief), every worker would finish together at ``sum(work) / sum(speed)``; a
 thief takes units until it would finish then, from donors that would finish
 later, latest first. A donor's moves are made only if together they bring
-its finish earlier by more than ``min_gain`` seconds plus what the cuts
-themselves cost (its ``seams``: the seconds to send what crosses them), and
-each thief still finishes before the donor did.
+its finish earlier by more than ``min_gain`` seconds and by more than what
+the cuts themselves cost (its ``seams``: the seconds to send what crosses
+them), and each thief still finishes before the donor did.
 
 A unit costs what it costs on its donor. Whether a worker that looks slow is
 slow, or was dealt the expensive chunks, cannot be told apart from durations
@@ -113,7 +113,7 @@ def rebalance(
         start (they have run out, or are about to).
     min_gain:
         Seconds by which a donor's moves, together, must bring its finish
-        earlier, on top of what their cuts cost (``Run.seams``).
+        earlier; they must also save more than their cuts cost (``Run.seams``).
 
     Returns
     -------
@@ -189,7 +189,7 @@ def _fill(runs: Mapping[str, Run], idle: Sequence[str], frozen: set) -> list[Mov
 
 def _not_worth_it(runs: Mapping[str, Run], moves: list[Move], min_gain: float) -> set:
     """Donors whose moves together bring their finish earlier by no more
-    than ``min_gain`` plus what their cuts send."""
+    than ``min_gain``, or than the seconds to send what their cuts send."""
     work = {w: r.work for w, r in runs.items()}
     for m in moves:
         work[m.donor] -= m.seconds
@@ -200,7 +200,8 @@ def _not_worth_it(runs: Mapping[str, Run], moves: list[Move], min_gain: float) -
         mine = [m for m in moves if m.donor == donor]
         latest = max([work[donor] / r.speed]
                      + [work[m.thief] / runs[m.thief].speed for m in mine])
-        cost = min_gain + sum(float(r.seams[m.start]) if len(r.seams) else 0.0 for m in mine)
+        # The seams' transfers overlap other work; the margin is for noise.
+        cost = max(min_gain, sum(float(r.seams[m.start]) if len(r.seams) else 0.0 for m in mine))
         if r.work / r.speed - latest <= cost:
             poor.add(donor)
     return poor

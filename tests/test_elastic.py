@@ -11,7 +11,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Event, Worker, get_worker, wait
+from distributed import Event, Worker, get_task_stream, get_worker, wait
 from distributed.core import Status
 from distributed.utils_test import async_poll_for, gen_cluster, inc
 
@@ -62,6 +62,64 @@ async def test_slow_worker_gives_away_the_far_end_of_its_run(c, s, a, b):
     # the fast worker ran most of the chunks, not the half the plan gave it
     assert b.state.executed_count >= 1.5 * a.state.executed_count
     assert not s.unrunnable
+
+
+def _heavy_first(block, n_heavy, block_id=None):
+    """Wait 40 ms for the first ``n_heavy`` chunks, 4 ms for the others."""
+    time.sleep(0.04 if block_id[1] < n_heavy else 0.004)
+    return block
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_expensive_chunks_are_shared_not_just_counted(c, s, a, b):
+    """The plan deals the first half of the chunks to one worker: those cost
+    ten times the others. The worker that holds them gives the far end of its
+    run away, costed at its own pace, and the two finish close together
+    (dealt by count, one would run 91% of the compute)."""
+    await c.register_plugin(AutoRestrictor())
+    x = da.ones((10, 80), chunks=(10, 1)).map_blocks(_heavy_first, 40, dtype=float)
+    async with get_task_stream(c) as ts:
+        result = await c.compute(x.sum(axis=0))
+    np.testing.assert_array_equal(result, np.full(80, 10.0))
+    moves = await autorestrictor.last_rebalances(c)
+    assert moves and all(m["seconds"] > 0 for m in moves), moves
+    busy = {}
+    for t in ts.data:
+        for ss in t["startstops"]:
+            if ss["action"] == "compute":
+                busy[t["worker"]] = busy.get(t["worker"], 0) + ss["stop"] - ss["start"]
+    assert max(busy.values()) / sum(busy.values()) <= 0.7, busy
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_seams_count_what_crosses_each_cut(c, s, a, b):
+    """What cutting a run before each unit sends equals, edge by edge, the
+    bytes between the tasks that would move and the tasks that stay."""
+    ev, fut = await blocked_reduction(c, s, 32, rebalance=False)
+    plugin = s.plugins["autorestrictor"]
+    for ts in s.tasks.values():  # sizes as if learned from an earlier graph
+        plugin.state.prefix_bytes[ts.prefix.name] = (1000.0 * len(ts.prefix.name), 1)
+    addr = max(pinned(s), key=pinned(s).get)
+    units = plugin._movable(addr)
+    assert len(units) > 4
+    seams = plugin._seams(addr, units)
+
+    def side(ts, cut):
+        i = next((i for i, u in enumerate(units) if ts.key in u.keys), None)
+        if i is not None:
+            return "moves" if i >= cut else "stays"
+        on = ts.worker_restrictions == {addr} or any(w.address == addr for w in ts.who_has or ())
+        return "stays" if on else None
+
+    for cut in range(len(units)):
+        crossing = sum(
+            plugin.state.prefix_bytes[d.prefix.name][0]
+            for ts in s.tasks.values() for d in ts.dependencies
+            if {side(ts, cut), side(d, cut)} == {"moves", "stays"})
+        assert seams[cut] == pytest.approx(crossing / s.bandwidth), cut
+    assert max(seams) > min(seams[1:]), "some cuts send less than others"
+    await ev.set()
+    np.testing.assert_array_equal(await fut, np.full(100, 32.0))
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2,
