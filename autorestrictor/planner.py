@@ -884,8 +884,10 @@ def _tree_roots(
     An input's pull is its size, discounted when it feeds more tasks than
     there are workers (see ``_pull``), so a chunk follows its own data
     rather than a global mean.
-    Ties go to the input that runs first, which keeps the tasks reading one
-    block together; with ``spread``, to the tied input numbered by the
+    Ties go to the input fewer tasks read, a chunk's own data rather than an
+    operand it shares with other chunks (sizes are often unknown before a
+    first run), then to the input that runs first, which keeps the tasks
+    reading one block together; with ``spread``, to the tied input numbered by the
     task's own number modulo the number of ties, for graphs where always the
     first hangs every task on one tree (the outputs of a two-stage rechunk
     each read one slice of every intermediate). Only heavy edges between
@@ -900,7 +902,7 @@ def _tree_roots(
     src, dst = g.src[e], g.dst[e]
     if len(src):
         pull = _pull(g, src, size, n_workers)
-        order = np.lexsort((rank[src], -pull, dst))
+        order = np.lexsort((rank[src], g.outdegree[src], -pull, dst))
         d, p = dst[order], pull[order]
         starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
         pick = starts

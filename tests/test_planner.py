@@ -486,6 +486,34 @@ def test_broadcast_operand_does_not_glue_groups(rename, sliced):
     assert len(counts) == 4 and max(counts.values()) <= 12
 
 
+def test_a_chunk_follows_its_own_data_not_a_shared_operand(rename):
+    """Sizes unknown (a first run). Each column's weight is read by the four
+    row blocks, as many readers as workers, so it is no broadcast:
+
+        w_j      x_0j   x_1j   x_2j   x_3j      (x: chunks, w: weights)
+          \____ | ____|______|______|
+                m_0j   m_1j   m_2j   m_3j      m_ij reads x_ij and w_j
+                  \ row sums over j /
+
+    Every product follows its own chunk (read by it alone), not the weight
+    it shares: the chunk's data never moves, only the weights do.
+    """
+    n = 24
+    deps = {f"w{j}": [] for j in range(n)}
+    for i in range(4):
+        for j in range(n):
+            deps[f"x{i}-{j}"] = []
+            deps[f"m{i}-{j}"] = [f"w{j}", f"x{i}-{j}"]
+        deps[f"s{i}"] = [f"m{i}-{j}" for j in range(n)]
+    deps, _, f = rename(deps)
+    p = plan(deps, W4, min_tasks=1)
+    check_plan(p, deps, W4)
+    assert p.applied, p.reason
+    for i in range(4):
+        for j in range(n):
+            assert p.assignment[f(f"m{i}-{j}")] == p.assignment[f(f"x{i}-{j}")]
+
+
 def test_all_to_all_inputs_are_not_broadcasts():
     """Every output reads a slice of every input: many candidates per consumer."""
     from autorestrictor.graph import build_graph
