@@ -79,7 +79,7 @@ HOLD = "autorestrictor://held"
 _PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
 
 #: A worker counts as slow only when its tasks take this many times longer
-#: than the same kind of task (prefix) takes on the median worker: on a
+#: than the same kind of task (prefix) takes on the other workers: on a
 #: shared machine, CPU-bound tasks on equal workers vary by a third or more
 #: from one worker to the next (in the bench's vorticity, one worker once
 #: looked five times slower for a while), and moving work on that noise costs
@@ -108,6 +108,7 @@ class Unit:
     keys: list
     piece: int
     priority: tuple
+    kinds: dict | None = dataclasses.field(default=None, repr=False)  # prefix -> tasks
 
     @property
     def cost(self) -> float:
@@ -609,9 +610,10 @@ class AutoRestrictor(SchedulerPlugin):
     def _slowdowns(self, addrs) -> dict[str, float]:
         """How many times longer each worker's tasks take than the other workers'.
 
-        Per prefix, a worker's recent mean against the median of the other
-        workers' means; the geometric mean of those ratios, weighted by
-        tasks seen. 1.0 where nothing compares yet.
+        Per prefix, a worker's recent mean against the median of the
+        workers' means (of the other worker's, when there are two); the
+        geometric mean of those ratios, weighted by tasks seen. 1.0 where
+        nothing compares yet. O(pairs of worker and prefix seen).
         """
         addrs = set(addrs)
         by_prefix: dict[str, list] = defaultdict(list)
@@ -621,30 +623,55 @@ class AutoRestrictor(SchedulerPlugin):
         logs: dict[str, float] = defaultdict(float)
         weights: dict[str, float] = defaultdict(float)
         for rows in by_prefix.values():
+            if len(rows) < 2:
+                continue
+            median = float(np.median([r for _, r, _ in rows]))
             for w, recent, seen in rows:
-                others = [r for v, r, _ in rows if v != w]
-                if others:
-                    logs[w] += seen * math.log(recent / float(np.median(others)))
-                    weights[w] += seen
+                if len(rows) == 2:
+                    (other,) = [r for v, r, _ in rows if v != w]
+                else:
+                    other = median
+                logs[w] += seen * math.log(recent / other)
+                weights[w] += seen
         return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in addrs}
 
     def _seconds(self, addr: str, keys, own: bool) -> float:
-        """Expected seconds of ``keys`` on ``addr``: its own recent pace per
-        prefix if ``own`` (a slow worker), else the prefix's average."""
+        """Expected seconds of ``keys`` on ``addr``."""
+        kinds: dict = defaultdict(int)
         tasks = self.scheduler.tasks
+        for k in keys:
+            ts = tasks.get(k)
+            if ts is not None and ts.prefix is not None:
+                kinds[ts.prefix.name] += 1
+        return self._kinds_seconds(addr, kinds, own)
+
+    def _unit_seconds(self, addr: str, u: Unit, own: bool) -> float:
+        """Expected seconds of a unit on ``addr`` (its prefixes counted once)."""
+        if u.kinds is None:
+            kinds: dict = defaultdict(int)
+            tasks = self.scheduler.tasks
+            for k in u.keys:
+                ts = tasks.get(k)
+                if ts is not None and ts.prefix is not None:
+                    kinds[ts.prefix.name] += 1
+            u.kinds = dict(kinds)
+        return self._kinds_seconds(addr, u.kinds, own)
+
+    def _kinds_seconds(self, addr: str, kinds: dict, own: bool) -> float:
+        """Expected seconds of so many tasks of each prefix on ``addr``: its
+        own recent pace per prefix if ``own`` (a slow worker), else the
+        prefix's average."""
+        prefixes = self.scheduler.task_prefixes
         unknown = unknown_duration(self.scheduler)
         means = self.state.prefix_mean
         local = self.state.local
         total = 0.0
-        for k in keys:
-            ts = tasks.get(k)
-            if ts is None:
-                continue
-            mine = local.get((addr, ts.prefix.name)) if own and ts.prefix is not None else None
+        for name, n in kinds.items():
+            mine = local.get((addr, name)) if own else None
             if mine is not None and mine[1] >= _PACE_MIN_TASKS:
-                total += mine[0]
+                total += n * mine[0]
             else:
-                total += expected_seconds(ts.prefix, means, unknown)
+                total += n * expected_seconds(prefixes.get(name), means, unknown)
         return total
 
     def _seams(self, addr: str, units: list[Unit]) -> list[float]:
@@ -712,6 +739,16 @@ class AutoRestrictor(SchedulerPlugin):
         queued = [len(st.held.get(ws.address, ())) for ws in running]
         if min(queued, default=0) > 0 or max(queued, default=0) < 1:
             return
+        try:
+            self._rebalance_walk(running)
+        finally:
+            # The walk is linear in pinned units: on a very large graph,
+            # wait twenty times as long as it took before the next one (at
+            # most 5% of the event loop).
+            st.last_rebalance = monotonic() + 19 * (monotonic() - now)
+
+    def _rebalance_walk(self, running: list) -> None:
+        st = self.state
         movable = {ws.address: self._movable(ws.address) for ws in running}
         idle = [a for a, m in movable.items() if not m]
         # Near the end of its run, who finishes first is noise: a worker of
@@ -728,7 +765,6 @@ class AutoRestrictor(SchedulerPlugin):
             a in slow or len(m) >= left * len(st.runs.get(a, ())))}
         if not idle or not gives:
             return
-        st.last_rebalance = now
         runs = {}
         for ws in running:
             a = ws.address
@@ -736,19 +772,23 @@ class AutoRestrictor(SchedulerPlugin):
             mine = gives.get(a, ())
             started = self._seconds(a, [ts.key for ts in ws.processing], own)
             if a not in gives:
-                started += self._seconds(a, [k for u in movable[a] for k in u.keys], own)
+                started += sum(self._unit_seconds(a, u, own) for u in movable[a])
             runs[a] = Run(
-                units=[self._seconds(a, u.keys, own) for u in mine],
+                units=[self._unit_seconds(a, u, own) for u in mine],
                 pieces=[u.piece for u in mine],
                 started=started,
                 # a slow thief takes in less
                 speed=ws.nthreads / (max(slowdown[a], 1.0) if own and a in idle else 1.0),
-                seams=self._seams(a, mine) if mine else (),
             )
         # Worth the seams only if the donor finishes rebalance-min-gain
-        # seconds earlier on top of what the seams send.
+        # seconds earlier, and earlier than what the seams send. What each
+        # cut sends is walked only for the donors that would give.
         min_gain = self.options.rebalance_min_gain
         moves = rebalance(runs, idle=idle, min_gain=min_gain)
+        if moves:
+            for a in {mv.donor for mv in moves}:
+                runs[a] = dataclasses.replace(runs[a], seams=self._seams(a, gives[a]))
+            moves = rebalance(runs, idle=idle, min_gain=min_gain)
         for mv in moves:
             self._move(gives[mv.donor][mv.start : mv.start + mv.count], mv.donor, mv.thief)
             self._record_rebalance(mv.donor, mv.thief, gives[mv.donor][mv.start:][: mv.count],
@@ -778,7 +818,7 @@ class AutoRestrictor(SchedulerPlugin):
                         moving.discard(k)
                     else:
                         keep.append(k)
-                u.keys = keep
+                u.keys, u.kinds = keep, None
         pin = {thief}
         for u in units:
             root = tasks.get(u.keys[0])
@@ -821,6 +861,10 @@ class AutoRestrictor(SchedulerPlugin):
         pinned to it sit in ``no-worker``.
         """
         self._attach(scheduler)
+        st = self.state
+        st.slow.discard(worker)
+        for key in [k for k in st.local if k[0] == worker]:
+            del st.local[key]
         try:
             self._rehome(worker, stimulus_id, f"worker {worker} left")
         except Exception as e:
