@@ -487,7 +487,7 @@ def test_broadcast_operand_does_not_glue_groups(rename, sliced):
 
 
 def test_a_chunk_follows_its_own_data_not_a_shared_operand(rename):
-    """Sizes unknown (a first run). Each column's weight is read by the four
+    r"""Sizes unknown (a first run). Each column's weight is read by the four
     row blocks, as many readers as workers, so it is no broadcast:
 
         w_j      x_0j   x_1j   x_2j   x_3j      (x: chunks, w: weights)
