@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from autorestrictor.__main__ import main as cli_main
-from autorestrictor.tools import bench
+from autorestrictor.tools import bench, workloads
 from autorestrictor.tools.bench import ROW_KEYS, ChecksumMismatch, check_checksums, format_table
 from autorestrictor.tools.demo import format_side_by_side, plot_runs
 from autorestrictor.tools.workloads import ELASTIC_WORKLOADS, WORKLOADS, checksum
@@ -272,7 +272,11 @@ def test_broadcast_kept_local_and_sizes_learned():
     row = bench.run_one("two-pass", "autorestrictor", workers=4, scale=0.1, timeout=180)
     first, second = row["passes"]
     assert first["sizes"]["learned"] == 0 and second["sizes"]["learned"] > 0, row["passes"]
-    assert second["bytes_moved"] < first["bytes_moved"] / 2, row["passes"]
+    # Before any size is known each product follows its own chunk, not the
+    # weight it shares, so even the first pass keeps the chunks local.
+    chunk_bytes = 4 * workloads._scaled(300_000, 0.1) * 200 * 8
+    assert first["bytes_moved"] <= chunk_bytes / 10, (row["passes"], chunk_bytes)
+    assert second["bytes_moved"] <= first["bytes_moved"] * 1.1, row["passes"]
 
 
 def test_elastic_workloads_report_per_worker():
