@@ -239,11 +239,14 @@ def _cut(r: Run, n: int, amount: float) -> int:
     if len(r.seams):
         # Off the balancing point only where the transfer saved is worth
         # more than the balance lost: both in seconds.
-        tail = {s: float(sum(r.units[s:n])) for s in window}
+        tail, acc = {}, taken + float(sum(r.units[window.start : start]))
+        for s in window:  # tail[s] = sum(r.units[s:n]), in one pass
+            tail[s] = acc
+            acc -= float(r.units[s])
         return min(window, key=lambda s: (
             float(r.seams[s]) + abs(tail[s] - amount), abs(s - start)))
     if len(r.pieces):
-        changes = [s for s in window if r.pieces[s] != r.pieces[s - 1]]
+        changes = [s for s in window if s == 0 or r.pieces[s] != r.pieces[s - 1]]
         if changes:
             return min(changes, key=lambda s: abs(s - start))
     # The heaviest unit of a subtree comes first or last in run order,
@@ -252,6 +255,8 @@ def _cut(r: Run, n: int, amount: float) -> int:
     last = float(r.units[n - 1]) >= float(r.units[0])
 
     def weight(s: int) -> float:
+        if s == 0:  # all the donor has not started: no unit before it
+            return 0.0
         return float(r.units[s - 1] if last else r.units[s])
 
     return max(window, key=lambda s: (weight(s), -abs(s - start)))
