@@ -45,7 +45,7 @@ import gc
 import heapq
 import logging
 import math
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from time import monotonic, perf_counter, time
 from typing import Any
 
@@ -635,26 +635,16 @@ class AutoRestrictor(SchedulerPlugin):
                 weights[w] += seen
         return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in addrs}
 
-    def _seconds(self, addr: str, keys, own: bool) -> float:
-        """Expected seconds of ``keys`` on ``addr``."""
-        kinds: dict = defaultdict(int)
-        tasks = self.scheduler.tasks
-        for k in keys:
-            ts = tasks.get(k)
-            if ts is not None and ts.prefix is not None:
-                kinds[ts.prefix.name] += 1
-        return self._kinds_seconds(addr, kinds, own)
+    @staticmethod
+    def _kinds(tss) -> dict:
+        """How many of the task states ``tss`` (``None`` skipped) have each prefix."""
+        return dict(Counter(ts.prefix.name for ts in tss if ts is not None and ts.prefix))
 
     def _unit_seconds(self, addr: str, u: Unit, own: bool) -> float:
         """Expected seconds of a unit on ``addr`` (its prefixes counted once)."""
         if u.kinds is None:
-            kinds: dict = defaultdict(int)
             tasks = self.scheduler.tasks
-            for k in u.keys:
-                ts = tasks.get(k)
-                if ts is not None and ts.prefix is not None:
-                    kinds[ts.prefix.name] += 1
-            u.kinds = dict(kinds)
+            u.kinds = self._kinds(tasks.get(k) for k in u.keys)
         return self._kinds_seconds(addr, u.kinds, own)
 
     def _kinds_seconds(self, addr: str, kinds: dict, own: bool) -> float:
@@ -716,8 +706,9 @@ class AutoRestrictor(SchedulerPlugin):
                         diff[max(i, j) + 1] -= b
                 for d in ts.dependents:  # readers that stay (the top of a reduction)
                     if d.key not in pos and stays(d):
-                        diff[0] += nbytes(ts)
-                        diff[i + 1] -= nbytes(ts)
+                        b = nbytes(ts)
+                        diff[0] += b
+                        diff[i + 1] -= b
         bandwidth = float(getattr(self.scheduler, "bandwidth", 100e6)) or 100e6
         out, acc = [], 0.0
         for s in range(n):
@@ -770,7 +761,7 @@ class AutoRestrictor(SchedulerPlugin):
             a = ws.address
             own = a in slow
             mine = gives.get(a, ())
-            started = self._seconds(a, [ts.key for ts in ws.processing], own)
+            started = self._kinds_seconds(a, self._kinds(ws.processing), own)
             if a not in gives:
                 started += sum(self._unit_seconds(a, u, own) for u in movable[a])
             runs[a] = Run(
