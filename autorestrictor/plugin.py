@@ -26,7 +26,10 @@ roots at once runs ahead of their consumers and fills its memory. So the
 plugin keeps its own queue per worker: pinned roots wait in ``no-worker``,
 restricted to a placeholder address no worker has, and are released in
 priority order whenever their worker has fewer tasks processing than
-``worker-saturation`` allows, the same rule Dask's queue uses. Held roots
+``worker-saturation`` allows, the rule Dask's queue uses, except that a
+task still waiting for its inputs to arrive from another worker does not
+count: it holds no thread, and the worker computes its own chunks while the
+transfer runs. Held roots
 are also what makes the plan elastic: a unit whose root has not been
 released has not started, and can move to another worker's queue.
 
@@ -43,6 +46,7 @@ import contextlib
 import dataclasses
 import gc
 import heapq
+import itertools
 import logging
 import math
 from collections import Counter, defaultdict, deque
@@ -91,6 +95,11 @@ _PACE_NOISE = 2.0
 #: prefix counts. A run's first tasks pay for imports, page faults and a cold
 #: cache.
 _PACE_MIN_TASKS = 8
+
+#: Processing tasks admission looks at, at most, on a worker that seems
+#: full, to find those still waiting for inputs from other workers (see
+#: :func:`fetching`); a worker with more than this many is busy anyway.
+_FETCH_SCAN = 32
 
 #: A worker's pace on a prefix is the mean of about its last this many tasks
 #: of it, so that it follows the worker into cheaper or dearer chunks.
@@ -499,8 +508,11 @@ class AutoRestrictor(SchedulerPlugin):
     def _free_slots(self, ws, saturation: float, queued: int) -> int:
         if math.isinf(saturation):
             return queued
+        slots = max(math.ceil(saturation * ws.nthreads), 1)
         busy = len(ws.processing) - len(ws.long_running)
-        return max(math.ceil(saturation * ws.nthreads), 1) - busy
+        if busy >= slots and ws.needs_what:
+            busy -= fetching(ws)
+        return slots - busy
 
     def _release_all(self) -> None:
         """Send held roots to their workers, as many as each has free slots."""
@@ -1091,6 +1103,22 @@ class AutoRestrictor(SchedulerPlugin):
         else:
             logger.log(level, "left a graph of %s task(s) to Dask: %s",
                        record.get("n_tasks"), record["reason"], exc_info=exc_info)
+
+
+def fetching(ws) -> int:
+    """Tasks processing on ``ws`` that still wait for an input from another worker.
+
+    They hold no thread, so admission does not count them: a worker that
+    waits for a reduction's partial results keeps computing its own chunks
+    meanwhile, and the transfer is hidden behind that work. Looks at no more
+    than :data:`_FETCH_SCAN` tasks.
+    """
+    needs = ws.needs_what
+    n = 0
+    for ts in itertools.islice(ws.processing, _FETCH_SCAN):
+        if ts not in ws.long_running and any(d in needs for d in ts.dependencies):
+            n += 1
+    return n
 
 
 def running_workers(scheduler) -> dict[str, int]:

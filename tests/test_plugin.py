@@ -12,7 +12,13 @@ import dask.array as da
 import numpy as np
 import pytest
 from distributed import Event, Nanny, Worker, wait
-from distributed.utils_test import async_poll_for, captured_logger, gen_cluster, inc
+from distributed.utils_test import (
+    BlockedGatherDep,
+    async_poll_for,
+    captured_logger,
+    gen_cluster,
+    inc,
+)
 from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
@@ -599,3 +605,35 @@ async def test_a_large_argument_shared_by_a_map(c, s, a, b):
     faults = [e for _, e in s.get_events("autorestrictor") if e["action"] == "fault"]
     assert not faults, faults
     await c.cancel(futures)
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], config=SMALL)
+async def test_a_worker_waiting_for_inputs_keeps_computing_its_roots(c, s, a):
+    """Tasks that wait for data from another worker hold no thread: admission
+    does not count them, so the worker computes its own chunks meanwhile."""
+    async with BlockedGatherDep(s.address, nthreads=1) as b:
+        big = await c.scatter(np.ones(10), workers=[a.address])
+        # Two tasks fill b's two admission slots, each waiting for ``big``,
+        # which b cannot fetch until the test lets it.
+        waiting = [
+            c.submit(np.sum, big, workers=[b.address], key=f"waiting-{i}") for i in range(2)
+        ]
+        await b.in_gather_dep.wait()
+        await c.register_plugin(AutoRestrictor())
+        fut = c.compute(seed_like(n_chunks=40))
+        p = s.plugins["autorestrictor"]
+        await async_poll_for(lambda: len(p.runs.get(b.address, ())) >= 10, timeout=5)
+
+        def ran_on_b() -> int:  # chunks b computed (ones, fused into sum)
+            return len({
+                e[0] for e in b.state.log
+                if e[1:3] == ("executing", "memory") and isinstance(e[0], tuple)
+                and e[0][0].startswith("sum-") and not e[0][0].startswith("sum-partial")
+            })
+
+        # before, b's held roots waited for the transfer (or went to a)
+        await async_poll_for(lambda: ran_on_b() >= 5, timeout=10)
+        assert b.state.tasks["waiting-0"].state in ("waiting", "fetch", "flight")
+        b.block_gather_dep.set()
+        assert (await fut).sum() == 40 * 1000
+        assert await c.gather(waiting) == [10.0, 10.0]
