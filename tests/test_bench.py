@@ -249,6 +249,8 @@ def test_small_bench(tmp_path):
         assert row["wall_s"] > 0 and row["peak_memory_bytes"] > 0
         assert 0.5 <= row["max_share"] <= 1.0
         assert set(row["peak_memory_per_worker"]) == {"w0", "w1"}
+        # CPU of scheduler, client and workers: some, never more than the cores give
+        assert 0 < row["cpu_s"] <= 1.05 * row["cores"] * row["wall_s"] + 0.1, row
     by = {(r["workload"], r["mode"]): r for r in rows}
     for workload in ("seed-sum", "a-plus-b"):
         default, plugin = by[(workload, "default")], by[(workload, "autorestrictor")]

@@ -36,6 +36,13 @@ measured on it.  Rows also give ``transfer_s``, the seconds workers spent
 receiving data (``transfer_incoming_log``), and ``transfer_in_bytes``, what
 they received in that time.
 
+CPU
+---
+``cpu_s`` is the CPU time (user plus system) the scheduler, the client and
+the workers spent during the compute, and ``cores`` the machine's CPU count.
+When ``cpu_s`` is close to ``cores * wall_s`` the run was CPU-bound: no
+placement makes it faster than ``cpu_s / cores`` without doing less work.
+
 Python API: :func:`run_one`, :func:`run_bench`, :func:`format_table`,
 :func:`check_checksums`.  CLI: ``python -m autorestrictor bench``.
 """
@@ -97,6 +104,8 @@ ROW_KEYS = (
     "link",
     "transfer_s",
     "transfer_in_bytes",
+    "cpu_s",
+    "cores",
 )
 
 #: Interval between RSS samples of the worker processes, in seconds.
@@ -120,7 +129,8 @@ class ChecksumMismatch(BenchError):
 
 
 class RssSampler:
-    """Sample the resident set size of some processes in a background thread.
+    """Sample the resident set size of some processes in a background thread,
+    and count the CPU seconds they spend while it runs.
 
     Parameters
     ----------
@@ -128,13 +138,27 @@ class RssSampler:
         ``{label: pid}`` of the processes to watch.
     interval : float
         Seconds between samples.
+    cpu_only : iterable of int
+        More processes (the scheduler, the client) whose CPU seconds count
+        but whose memory is not sampled.
+
+    Attributes
+    ----------
+    cpu_seconds : float
+        After the ``with`` block: user plus system CPU seconds of every
+        watched process during it (a worker that joined meanwhile counts
+        from its start).
     """
 
-    def __init__(self, pids: dict[str, int], interval: float = RSS_INTERVAL_S):
+    def __init__(self, pids: dict[str, int], interval: float = RSS_INTERVAL_S,
+                 cpu_only: Iterable[int] = ()):
         import psutil
 
         self.interval = interval
         self.procs = {label: psutil.Process(pid) for label, pid in pids.items()}
+        self._cpu_only = [psutil.Process(pid) for pid in set(cpu_only) - set(pids.values())]
+        self._cpu_start: dict[int, float] = {}
+        self.cpu_seconds = 0.0
         self.times: list[float] = []
         self.rss: dict[str, list[int]] = {label: [] for label in pids}
         self.peak: dict[str, int] = {label: 0 for label in pids}
@@ -174,7 +198,23 @@ class RssSampler:
             self._sample()
             self._stop.wait(self.interval)
 
+    def _cpu(self) -> dict[int, float]:
+        import psutil
+
+        out = {}
+        with self._lock:
+            procs = [*self.procs.values(), *self._cpu_only]
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error as exc:  # gone: its CPU time is lost, say so
+                logger.warning("cannot read the CPU time of process %d: %s", proc.pid, exc)
+                continue
+            out[proc.pid] = t.user + t.system
+        return out
+
     def __enter__(self) -> RssSampler:
+        self._cpu_start = self._cpu()
         self._sample()
         self._thread.start()
         return self
@@ -183,6 +223,8 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        end = self._cpu()
+        self.cpu_seconds = sum(t - self._cpu_start.get(pid, 0.0) for pid, t in end.items())
 
 
 def _transfer_counters(dask_worker) -> tuple[int, int, float]:
@@ -438,9 +480,10 @@ def measure(
         info = client.scheduler_info(n_workers=-1)["workers"]
         names = {addr: f"w{info[addr]['name']}" for addr in info}
         pids = {names[addr]: pid for addr, pid in client.run(os.getpid).items()}
+        cpu_only = [os.getpid(), client.run_on_scheduler(os.getpid)]
         before = client.run(_transfer_counters)
 
-        with RssSampler(pids) as sampler, get_task_stream(client) as ts:
+        with RssSampler(pids, cpu_only=cpu_only) as sampler, get_task_stream(client) as ts:
             t0 = time.time()
             collections = spec.build(scale, client)
             during = (
@@ -487,6 +530,8 @@ def measure(
         "link": link_row,
         "transfer_s": sum(seconds for seconds, _ in incoming),
         "transfer_in_bytes": sum(nbytes for _, nbytes in incoming),
+        "cpu_s": sampler.cpu_seconds,
+        "cores": os.cpu_count(),
         **plans,
         **extra,
     }
@@ -801,6 +846,10 @@ def run_bench(
     return rows
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _median(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -896,7 +945,7 @@ def format_table(rows: Sequence[dict]) -> str:
     def med(workload, link, mode, key):
         return _median([r.get(key) for r in groups.get((workload, link, mode), [])])
 
-    header = ["workload", "mode", "n", "wall s", "MB moved", "transfers", "peak MB",
+    header = ["workload", "mode", "n", "wall s", "cpu s", "MB moved", "transfers", "peak MB",
               "max share", "plan ms", "bytes", "wall", "peak"]
     if with_link:
         header.insert(1, "link")
@@ -911,6 +960,7 @@ def format_table(rows: Sequence[dict]) -> str:
             mode,
             str(len(groups[(workload, link, mode)])),
             f"{wall:.2f}",
+            _seconds(med(workload, link, mode, "cpu_s")),
             f"{moved / 1e6:.1f}",
             f"{med(workload, link, mode, 'transfers'):.0f}",
             f"{peak / 1e6:.0f}",
@@ -932,6 +982,10 @@ def format_table(rows: Sequence[dict]) -> str:
     out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'"
                + (" on the same link" if with_link else "")
                + "; max share 1/workers is perfect balance")
+    cores = _median([r.get("cores") for r in rows])
+    if cores:
+        out.append(f"cpu s: CPU seconds of scheduler, client and workers; a run with cpu s "
+                   f"near {cores:.0f} cores x wall s was CPU-bound")
     out.extend(_link_notes(groups))
     out.extend(_tasks_notes(groups))
     for workload, link, mode in groups:
