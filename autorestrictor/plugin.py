@@ -26,10 +26,10 @@ roots at once runs ahead of their consumers and fills its memory. So the
 plugin keeps its own queue per worker: pinned roots wait in ``no-worker``,
 restricted to a placeholder address no worker has, and are released in
 priority order whenever their worker has fewer tasks processing than
-``worker-saturation`` allows, the rule Dask's queue uses, except that a
-task still waiting for its inputs to arrive from another worker does not
-count: it holds no thread, and the worker computes its own chunks while the
-transfer runs. Held roots
+``worker-saturation`` allows, the rule Dask's queue uses, except that as
+many tasks again may wait for inputs from other workers without counting:
+they hold no thread, and the worker computes its own chunks while the
+transfer runs (but each holds its local inputs in memory, hence the bound). Held roots
 are also what makes the plan elastic: a unit whose root has not been
 released has not started, and can move to another worker's queue.
 
@@ -511,7 +511,10 @@ class AutoRestrictor(SchedulerPlugin):
         slots = max(math.ceil(saturation * ws.nthreads), 1)
         busy = len(ws.processing) - len(ws.long_running)
         if busy >= slots and ws.needs_what:
-            busy -= fetching(ws)
+            # Up to ``slots`` tasks waiting for inputs do not count: enough
+            # to keep computing through a transfer, while every waiting task
+            # holds its local inputs in memory.
+            busy = max(busy - fetching(ws), busy - slots)
         return slots - busy
 
     def _release_all(self) -> None:

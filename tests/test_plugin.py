@@ -637,3 +637,21 @@ async def test_a_worker_waiting_for_inputs_keeps_computing_its_roots(c, s, a):
         b.block_gather_dep.set()
         assert (await fut).sum() == 40 * 1000
         assert await c.gather(waiting) == [10.0, 10.0]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], config=SMALL)
+async def test_waiting_tasks_free_at_most_as_many_slots_again(c, s, a):
+    """Each waiting task holds its local inputs in memory: admission lets
+    at most ``slots`` of them (2 for one thread at saturation 1.1) not count."""
+    async with BlockedGatherDep(s.address, nthreads=1) as b:
+        await c.register_plugin(AutoRestrictor())
+        p = s.plugins["autorestrictor"]
+        big = await c.scatter(np.ones(10), workers=[a.address])
+        waiting = [c.submit(np.sum, big, workers=[b.address], key=f"w-{i}") for i in range(3)]
+        await b.in_gather_dep.wait()
+        ws = s.workers[b.address]
+        await async_poll_for(lambda: len(ws.processing) == 3, timeout=5)
+        # Dask's rule: 2 - 3 = -1; every waiting task free: 2; the bound: 2 - (3 - 2) = 1
+        assert p._free_slots(ws, 1.1, queued=10) == 1
+        b.block_gather_dep.set()
+        assert await c.gather(waiting) == [10.0] * 3
