@@ -28,9 +28,9 @@ restricted to a placeholder address no worker has, and are released in
 priority order whenever their worker has fewer tasks processing than
 ``worker-saturation`` allows, the rule Dask's queue uses, except that as
 many tasks again may wait for inputs from other workers without counting:
-they hold no thread, and the worker computes its own chunks while the
-transfer runs (but each holds its local inputs in memory, hence the bound). Held roots
-are also what makes the plan elastic: a unit whose root has not been
+they hold no thread, so the worker computes its own chunks while the
+transfer runs (each holds its local inputs in memory, hence the bound).
+Held roots are also what makes the plan elastic: a unit whose root has not been
 released has not started, and can move to another worker's queue.
 
 *State lives on the scheduler, not in the plugin object.* Queues, runs and
@@ -1111,10 +1111,10 @@ class AutoRestrictor(SchedulerPlugin):
 def fetching(ws) -> int:
     """Tasks processing on ``ws`` that still wait for an input from another worker.
 
-    They hold no thread, so admission does not count them: a worker that
-    waits for a reduction's partial results keeps computing its own chunks
-    meanwhile, and the transfer is hidden behind that work. Looks at no more
-    than :data:`_FETCH_SCAN` tasks.
+    They hold no thread, so admission does not count up to a slot's worth
+    of them per slot: a worker that waits for a reduction's partial results
+    keeps computing its own chunks meanwhile, and the transfer is hidden
+    behind that work. Looks at no more than :data:`_FETCH_SCAN` tasks.
     """
     needs = ws.needs_what
     n = 0
