@@ -506,6 +506,8 @@ class AutoRestrictor(SchedulerPlugin):
         return float(s)
 
     def _free_slots(self, ws, saturation: float, queued: int) -> int:
+        """How many held roots ``ws`` may be sent now (Dask's queuing rule,
+        except for up to ``slots`` tasks waiting for inputs: see :func:`fetching`)."""
         if math.isinf(saturation):
             return queued
         slots = max(math.ceil(saturation * ws.nthreads), 1)
