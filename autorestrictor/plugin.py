@@ -30,8 +30,8 @@ priority order whenever their worker has fewer tasks processing than
 many tasks again may wait for inputs from other workers without counting:
 they hold no thread, so the worker computes its own chunks while the
 transfer runs (each holds its local inputs in memory, hence the bound).
-Held roots are also what makes the plan elastic: a unit whose root has not been
-released has not started, and can move to another worker's queue.
+Held roots are also what makes the plan elastic: a unit whose root has not
+been released has not started, and can move to another worker's queue.
 
 *State lives on the scheduler, not in the plugin object.* Queues, runs and
 history hang off the scheduler (``scheduler._autorestrictor``), so a plugin
@@ -1121,7 +1121,7 @@ def fetching(ws) -> int:
     needs = ws.needs_what
     n = 0
     for ts in itertools.islice(ws.processing, _FETCH_SCAN):
-        if ts not in ws.long_running and any(d in needs for d in ts.dependencies):
+        if any(d in needs for d in ts.dependencies):
             n += 1
     return n
 
