@@ -100,6 +100,11 @@ _PACE_MIN_TASKS = 8
 #: full, to find those still waiting for inputs from other workers (see
 #: :func:`fetching`); a worker with more than this many is busy anyway.
 _FETCH_SCAN = 32
+#: Edges looked at, at most, per finished task, to find held roots that a
+#: reader waiting on another worker needs (see ``AutoRestrictor._wanted``).
+_WANTED_SCAN = 64
+#: A reader is about to run when it waits for at most this many inputs.
+_WANTED_MISSING = 2
 
 #: A worker's pace on a prefix is the mean of about its last this many tasks
 #: of it, so that it follows the worker into cheaper or dearer chunks.
@@ -132,6 +137,8 @@ class State:
         self.runs: dict[str, list[Unit]] = defaultdict(list)  # worker -> units, in order
         self.held: dict[str, list] = defaultdict(list)  # worker -> heap of (priority, key)
         self.held_at: dict = {}  # key -> the queue that currently owns it
+        self.wanted: list = []  # held roots another worker's readers wait for
+        self.n_wanted = 0  # of those, how many were released out of turn
         self.seq = 0  # order of arrival in the held queues, among equal priorities
         self.local: dict[tuple, tuple[float, int]] = {}  # (worker, prefix) -> (recent s, count)
         self.slow: set[str] = set()  # workers seen slow, until their run is done
@@ -488,11 +495,52 @@ class AutoRestrictor(SchedulerPlugin):
         if finish == "memory":
             try:
                 self._observe(key, kwargs)
+                ts = self.scheduler.tasks.get(key)
+                if self.state.held_at and ts is not None and ts.who_has:
+                    self._wanted(ts, {ws.address for ws in ts.who_has}, _WANTED_MISSING)
+                    if self.state.wanted:
+                        self._schedule_release()
             except Exception as e:
                 self._fault("transition", e)
         # A task leaving "processing" frees a slot on its worker.
         if self.state.held or self.state.runs:
             self._schedule_release()
+
+    def _wanted(self, ts, here: set, missing: int) -> None:
+        """Note the held roots that readers of ``ts`` on ``here`` wait for from elsewhere.
+
+        Each worker's admission releases its own roots in priority order. A
+        root that feeds other workers (a small operand every row block
+        reads, the chunk at a seam) may come late in its worker's order, and
+        meanwhile the readers' workers keep computing their own roots, whose
+        results wait in memory for the late one. So when a root is released
+        to a worker, or a task finishes there, each reader of it pinned to
+        that worker and waiting for at most ``missing`` inputs is looked at:
+        an input that is a root held on another worker (or waits for one)
+        is released at once, ahead of its worker's queue (in ``_release``),
+        and is computed while this worker computes its own. A reader waiting
+        for many inputs (a collection's final concatenation) is not about to
+        run: pulling them all would undo admission. Looks at no more than
+        :data:`_WANTED_SCAN` edges.
+        """
+        held_at, wanted = self.state.held_at, self.state.wanted
+        budget = _WANTED_SCAN
+        for reader in ts.dependents:
+            if reader.state != "waiting" or len(reader.waiting_on) > missing \
+                    or not reader.worker_restrictions or not reader.worker_restrictions <= here:
+                continue
+            for t in reader.waiting_on:
+                if t is ts:
+                    continue
+                budget -= 1
+                inputs = t.waiting_on if t.state == "waiting" else (t,)
+                for u in inputs:
+                    budget -= u is not t
+                    at = held_at.get(u.key)
+                    if at is not None and at not in here:
+                        wanted.append(u)
+                if budget <= 0:
+                    return
 
     def _schedule_release(self) -> None:
         if not self._release_soon and self.scheduler is not None:
@@ -539,6 +587,17 @@ class AutoRestrictor(SchedulerPlugin):
         recs: dict = {}
         tasks = scheduler.tasks
         hold = {HOLD}
+        wanted, st.wanted = st.wanted, []
+        for ts in wanted:  # out of turn: readers on other workers wait for them
+            addr = st.held_at.get(ts.key)
+            ws = scheduler.workers.get(addr) if addr is not None else None
+            if ws is None or ws not in scheduler.running or ts.state != "no-worker" \
+                    or ts.worker_restrictions != hold:
+                continue  # gone, paused, or its own inputs are not ready yet
+            del st.held_at[ts.key]  # (its heap entry is skipped later)
+            ts.worker_restrictions = {addr}
+            recs[ts.key] = "processing"
+            st.n_wanted += 1
         for addr in list(st.held):
             heap = st.held[addr]
             ws = scheduler.workers.get(addr)
@@ -563,12 +622,15 @@ class AutoRestrictor(SchedulerPlugin):
                 ts.worker_restrictions = pin
                 recs[key] = "processing"
                 free -= 1
+                self._wanted(ts, pin, _WANTED_MISSING + 1)  # (+1: ts itself)
             for entry in waiting:
                 heapq.heappush(heap, entry)
             if not heap:
                 del st.held[addr]
         if recs:
             scheduler.transitions(recs, f"autorestrictor-release-{time()}")
+        if st.wanted:
+            self._schedule_release()
 
     # -- rebalancing ---------------------------------------------------------
 
@@ -684,15 +746,22 @@ class AutoRestrictor(SchedulerPlugin):
     def _seams(self, addr: str, units: list[Unit]) -> list[float]:
         """Seconds that cutting ``addr``'s movable ``units`` before each one costs.
 
-        An edge between units ``i < j`` crosses every cut in ``(i, j]``; an
-        edge to a task that stays on ``addr`` anyway (started, or done and
-        kept there) counts as ``i = -1``. Bytes are measured sizes, else the
-        prefix's average output, sent at the scheduler's bandwidth.
+        A cut before unit ``s`` moves units ``s..`` to the thief, except the
+        tasks :meth:`_move` keeps with the donor (those that read more from
+        the donor's side than from the moving side: the top of a reduction
+        whose last block moves). Each task therefore moves for the cuts up to
+        its *reach*: its unit's index for a unit's first task, else the
+        smaller of that index and the cut up to which half its inputs move;
+        -1 for a task that stays on ``addr`` anyway (started, or done and
+        kept there). An edge between tasks of reach ``a < b`` crosses every
+        cut in ``(a, b]``. Bytes are measured sizes, else the prefix's
+        average output, sent at the scheduler's bandwidth. Linear in the
+        units' tasks and their edges.
         """
         tasks = self.scheduler.tasks
         n = len(units)
         pos = {k: i for i, u in enumerate(units) for k in u.keys}
-        diff = [0.0] * (n + 1)
+        firsts = {u.keys[0] for u in units}
         sizes = self.state.prefix_bytes
         here = {addr}
 
@@ -708,24 +777,51 @@ class AutoRestrictor(SchedulerPlugin):
             known = sizes.get(ts.prefix.name) if ts.prefix is not None else None
             return known[0] if known else 0.0
 
-        for i, u in enumerate(units):
-            for k in u.keys:
-                ts = tasks.get(k)
-                if ts is None:
+        reach: dict = {}  # key -> last cut that moves it; -1 stays; None elsewhere
+
+        def outside(ts):
+            return -1 if stays(ts) else None
+
+        for k in pos:  # depth-first, inputs before the tasks that read them
+            if k in reach or k not in tasks:
+                continue
+            stack = [tasks[k]]
+            while stack:
+                ts = stack[-1]
+                if ts.key in reach:
+                    stack.pop()
                     continue
-                for d in ts.dependencies:  # inputs: from other units, or from what stays
-                    j = pos.get(d.key)
-                    if j is None:
-                        j = -1 if stays(d) else None
-                    if j is not None and j != i:
-                        b = nbytes(d)
-                        diff[min(i, j) + 1] += b
-                        diff[max(i, j) + 1] -= b
-                for d in ts.dependents:  # readers that stay (the top of a reduction)
-                    if d.key not in pos and stays(d):
-                        b = nbytes(ts)
-                        diff[0] += b
-                        diff[i + 1] -= b
+                todo = [d for d in ts.dependencies
+                        if d.key in pos and d.key not in reach and ts.key not in firsts]
+                if todo:
+                    stack.extend(todo)
+                    continue
+                stack.pop()
+                i = pos[ts.key]
+                if ts.key in firsts or not ts.dependencies:
+                    reach[ts.key] = i
+                    continue
+                # _move keeps a task whose moving inputs are fewer than half
+                ins = sorted((reach[d.key] if d.key in pos else -1
+                              for d in ts.dependencies), reverse=True)
+                reach[ts.key] = min(i, ins[(len(ins) + 1) // 2 - 1])
+
+        diff = [0.0] * (n + 1)
+
+        def cross(a: int, b: int, nb: float) -> None:
+            if a != b:
+                diff[min(a, b) + 1] += nb
+                diff[max(a, b) + 1] -= nb
+
+        for k, b in reach.items():
+            ts = tasks[k]
+            for d in ts.dependencies:  # inputs: from the run, or from what stays
+                a = reach[d.key] if d.key in pos else outside(d)
+                if a is not None:
+                    cross(a, b, nbytes(d))
+            for d in ts.dependents:  # readers that stay (the top of a reduction)
+                if d.key not in pos and stays(d):
+                    cross(-1, b, nbytes(ts))
         bandwidth = float(getattr(self.scheduler, "bandwidth", 100e6)) or 100e6
         out, acc = [], 0.0
         for s in range(n):

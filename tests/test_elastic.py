@@ -94,7 +94,9 @@ async def test_expensive_chunks_are_shared_not_just_counted(c, s, a, b):
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_seams_count_what_crosses_each_cut(c, s, a, b):
     """What cutting a run before each unit sends equals, edge by edge, the
-    bytes between the tasks that would move and the tasks that stay."""
+    bytes between the tasks that would move and the tasks that stay, where
+    a moved unit's task that reads more from the donor's side than from the
+    moving side stays (as ``_move`` does: the top of a reduction)."""
     ev, fut = await blocked_reduction(c, s, 32, rebalance=False)
     plugin = s.plugins["autorestrictor"]
     for ts in s.tasks.values():  # sizes as if learned from an earlier graph
@@ -104,19 +106,34 @@ async def test_seams_count_what_crosses_each_cut(c, s, a, b):
     assert len(units) > 4
     seams = plugin._seams(addr, units)
 
-    def side(ts, cut):
-        i = next((i for i, u in enumerate(units) if ts.key in u.keys), None)
-        if i is not None:
-            return "moves" if i >= cut else "stays"
+    def moving(cut):
+        keys = {k for u in units[cut:] for k in u.keys}
+        for _ in range(2):  # as _move: a task with fewer than half its inputs moving stays
+            for u in units[cut:]:
+                for k in u.keys[1:]:
+                    deps = s.tasks[k].dependencies
+                    if 2 * sum(d.key in keys for d in deps) < len(deps):
+                        keys.discard(k)
+        return keys
+
+    def side(ts, moves):
+        if ts.key in moves:
+            return "moves"
+        if any(ts.key in u.keys for u in units):
+            return "stays"
         on = ts.worker_restrictions == {addr} or any(w.address == addr for w in ts.who_has or ())
         return "stays" if on else None
 
+    kept = 0
     for cut in range(len(units)):
+        moves = moving(cut)
+        kept += sum(len(u.keys) for u in units[cut:]) - len(moves)
         crossing = sum(
             plugin.state.prefix_bytes[d.prefix.name][0]
             for ts in s.tasks.values() for d in ts.dependencies
-            if {side(ts, cut), side(d, cut)} == {"moves", "stays"})
+            if {side(ts, moves), side(d, moves)} == {"moves", "stays"})
         assert seams[cut] == pytest.approx(crossing / s.bandwidth), cut
+    assert kept, "some cut keeps the top of a reduction with the donor"
     assert max(seams) > min(seams[1:]), "some cuts send less than others"
     await ev.set()
     np.testing.assert_array_equal(await fut, np.full(100, 32.0))

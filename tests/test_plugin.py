@@ -12,6 +12,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from distributed import Event, Nanny, Worker, wait
+from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import (
     BlockedGatherDep,
     async_poll_for,
@@ -655,3 +656,46 @@ async def test_waiting_tasks_free_at_most_as_many_slots_again(c, s, a):
         assert p._free_slots(ws, 1.1, queued=10) == 1
         b.block_gather_dep.set()
         assert await c.gather(waiting) == [10.0] * 3
+
+
+class _Unconsumed(SchedulerPlugin):
+    """The most results of one prefix a worker held at once, none of whose
+    readers had run yet."""
+
+    def __init__(self, scheduler, prefix):
+        self.scheduler, self.prefix = scheduler, prefix
+        self.now, self.most = Counter(), 0
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        ts = self.scheduler.tasks.get(key)
+        if ts is None or (start, finish) != ("processing", "memory"):
+            return
+        if ts.prefix.name == self.prefix:
+            self.now[kwargs["worker"]] += 1
+            self.most = max(self.most, max(self.now.values()))
+        for d in ts.dependencies:  # a reader ran: its input is consumed
+            if d.prefix.name == self.prefix:
+                for ws in d.who_has:
+                    self.now[ws.address] -= 1
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_a_root_another_worker_waits_for_is_released_out_of_turn(c, s, a, b):
+    """Two row blocks, each column weighted by its own tiny chunk of ``w``,
+    which both row blocks read (the first pass of the bench's two-pass). The
+    plan pins each ``w`` chunk to one worker; the other worker's readers wait
+    for it. Released in that worker's turn, they come late, and meanwhile
+    the other worker's chunks wait in memory (12-22 at once, 3 runs of the
+    previous release); pulled when a reader is about to wait for them, 6-9
+    (Dask's default: 2-3)."""
+    await c.register_plugin(AutoRestrictor())
+    watch = _Unconsumed(s, "integers")
+    s.add_plugin(watch, name="unconsumed")
+    n = 100
+    x = da.random.default_rng(0).integers(0, 10, size=(400_000, n), chunks=(200_000, 1))
+    w = da.arange(1, n + 1, chunks=1).astype("f8")
+    y = (x * w[None, :]).sum(axis=1)
+    expected = (x.compute(scheduler="sync") * np.arange(1, n + 1)).sum(axis=1)
+    np.testing.assert_array_equal(await c.compute(y), expected)
+    assert s._autorestrictor.n_wanted > 0
+    assert watch.most <= 10, watch.most
