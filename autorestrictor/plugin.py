@@ -137,8 +137,9 @@ class State:
         self.runs: dict[str, list[Unit]] = defaultdict(list)  # worker -> units, in order
         self.held: dict[str, list] = defaultdict(list)  # worker -> heap of (priority, key)
         self.held_at: dict = {}  # key -> the queue that currently owns it
-        self.wanted: list = []  # held roots another worker's readers wait for
-        self.n_wanted = 0  # of those, how many were released out of turn
+        self.wanted: dict[str, dict] = {}  # worker -> {key: held root others wait for}
+        self.wanted_new = False  # _wanted found one since the last release
+        self.n_wanted = 0  # roots released out of turn so far
         self.seq = 0  # order of arrival in the held queues, among equal priorities
         self.local: dict[tuple, tuple[float, int]] = {}  # (worker, prefix) -> (recent s, count)
         self.slow: set[str] = set()  # workers seen slow, until their run is done
@@ -498,7 +499,7 @@ class AutoRestrictor(SchedulerPlugin):
                 ts = self.scheduler.tasks.get(key)
                 if self.state.held_at and ts is not None and ts.who_has:
                     self._wanted(ts, {ws.address for ws in ts.who_has}, _WANTED_MISSING)
-                    if self.state.wanted:
+                    if self.state.wanted_new:
                         self._schedule_release()
             except Exception as e:
                 self._fault("transition", e)
@@ -517,13 +518,17 @@ class AutoRestrictor(SchedulerPlugin):
         to a worker, or a task finishes there, each reader of it pinned to
         that worker and waiting for at most ``missing`` inputs is looked at:
         an input that is a root held on another worker (or waits for one)
-        is released at once, ahead of its worker's queue (in ``_release``),
-        and is computed while this worker computes its own. A reader waiting
+        takes that worker's next free slot, ahead of its own queue (in
+        ``_release``), and is computed while this worker computes its own.
+        It still takes a slot: the other worker reorders its work, it is
+        not sent more of it (more would fill its memory with roots its own
+        readers reach only later: a product's blocks). A reader waiting
         for many inputs (a collection's final concatenation) is not about to
         run: pulling them all would undo admission. Looks at no more than
         :data:`_WANTED_SCAN` edges.
         """
-        held_at, wanted = self.state.held_at, self.state.wanted
+        st = self.state
+        held_at = st.held_at
         budget = _WANTED_SCAN
         for reader in ts.dependents:
             if reader.state != "waiting" or len(reader.waiting_on) > missing \
@@ -538,7 +543,8 @@ class AutoRestrictor(SchedulerPlugin):
                     budget -= u is not t
                     at = held_at.get(u.key)
                     if at is not None and at not in here:
-                        wanted.append(u)
+                        st.wanted.setdefault(at, {})[u.key] = u
+                        st.wanted_new = True
                 if budget <= 0:
                     return
 
@@ -587,17 +593,9 @@ class AutoRestrictor(SchedulerPlugin):
         recs: dict = {}
         tasks = scheduler.tasks
         hold = {HOLD}
-        wanted, st.wanted = st.wanted, []
-        for ts in wanted:  # out of turn: readers on other workers wait for them
-            addr = st.held_at.get(ts.key)
-            ws = scheduler.workers.get(addr) if addr is not None else None
-            if ws is None or ws not in scheduler.running or ts.state != "no-worker" \
-                    or ts.worker_restrictions != hold:
-                continue  # gone, paused, or its own inputs are not ready yet
-            del st.held_at[ts.key]  # (its heap entry is skipped later)
-            ts.worker_restrictions = {addr}
-            recs[ts.key] = "processing"
-            st.n_wanted += 1
+        st.wanted_new = False
+        for addr in [a for a in st.wanted if a not in st.held]:
+            del st.wanted[addr]  # (its queue is empty: released, moved or gone)
         for addr in list(st.held):
             heap = st.held[addr]
             ws = scheduler.workers.get(addr)
@@ -605,6 +603,22 @@ class AutoRestrictor(SchedulerPlugin):
                 continue
             free = self._free_slots(ws, saturation, len(heap))
             pin = {addr}
+            # First the roots that readers on other workers wait for (see
+            # _wanted): they take this worker's next slots, ahead of its order.
+            wanted = st.wanted.get(addr, {})
+            while wanted and free > 0:
+                key, ts = next(iter(wanted.items()))
+                del wanted[key]
+                if st.held_at.get(key) != addr or ts.worker_restrictions != hold \
+                        or ts.state != "no-worker":
+                    continue  # moved, released, done, or its inputs are not ready
+                del st.held_at[key]  # (its heap entry is skipped below)
+                ts.worker_restrictions = pin
+                recs[key] = "processing"
+                free -= 1
+                st.n_wanted += 1
+            if not wanted:
+                st.wanted.pop(addr, None)
             waiting = []  # held tasks whose inputs are not ready yet stay held
             while heap and free > 0:
                 entry = heapq.heappop(heap)
@@ -629,7 +643,7 @@ class AutoRestrictor(SchedulerPlugin):
                 del st.held[addr]
         if recs:
             scheduler.transitions(recs, f"autorestrictor-release-{time()}")
-        if st.wanted:
+        if st.wanted_new:  # found while releasing: another worker may have a slot
             self._schedule_release()
 
     # -- rebalancing ---------------------------------------------------------
