@@ -100,10 +100,15 @@ _PACE_MIN_TASKS = 8
 #: full, to find those still waiting for inputs from other workers (see
 #: :func:`fetching`); a worker with more than this many is busy anyway.
 _FETCH_SCAN = 32
-#: Edges looked at, at most, per finished task, to find held roots that a
-#: reader waiting on another worker needs (see ``AutoRestrictor._wanted``).
+#: Edges looked at, at most, per released root or finished task, to find
+#: held roots that a reader is about to wait for from another worker (see
+#: ``AutoRestrictor._wanted``): a bound on the hook's cost on the event loop
+#: (a broadcast operand has hundreds of readers).
 _WANTED_SCAN = 64
-#: A reader is about to run when it waits for at most this many inputs.
+#: A reader is about to run when it waits for at most this many inputs: a
+#: chunk and its weight, a block and its neighbour. One waiting for many (a
+#: collection's final concatenation, a flat aggregate) is not, and pulling
+#: its inputs would release every held root at once.
 _WANTED_MISSING = 2
 
 #: A worker's pace on a prefix is the mean of about its last this many tasks
@@ -508,27 +513,32 @@ class AutoRestrictor(SchedulerPlugin):
             self._schedule_release()
 
     def _wanted(self, ts, here: set, missing: int) -> None:
-        """Note the held roots that readers of ``ts`` on ``here`` wait for from elsewhere.
+        """Note the small held roots that readers of ``ts`` on ``here`` wait for.
 
         Each worker's admission releases its own roots in priority order. A
-        root that feeds other workers (a small operand every row block
-        reads, the chunk at a seam) may come late in its worker's order, and
-        meanwhile the readers' workers keep computing their own roots, whose
-        results wait in memory for the late one. So when a root is released
-        to a worker, or a task finishes there, each reader of it pinned to
-        that worker and waiting for at most ``missing`` inputs is looked at:
-        an input that is a root held on another worker (or waits for one)
-        takes that worker's next free slot, ahead of its own queue (in
-        ``_release``), and is computed while this worker computes its own.
-        It still takes a slot: the other worker reorders its work, it is
-        not sent more of it (more would fill its memory with roots its own
-        readers reach only later: a product's blocks). A reader waiting
-        for many inputs (a collection's final concatenation) is not about to
-        run: pulling them all would undo admission. Looks at no more than
+        small operand that other workers' chunks read (a column's weight, a
+        bias) may come late in its worker's order, and meanwhile the other
+        workers keep computing their own chunks, whose results wait in
+        memory for it. So when a root is released to a worker, or a task
+        finishes there, each reader of it pinned to that worker and waiting
+        for at most ``missing`` inputs is looked at: an input that is a root
+        held on another worker (or waits for one, such as its ``getitem``
+        slice) takes that worker's next free slot, ahead of its own queue
+        (in ``_release``), and is computed while this worker computes its
+        own. Only a small one: its prefix's outputs (learned) at most
+        ``light-edge-fraction`` of ``ts``'s. Computing a big input early (a
+        product's block) would hold it on its own worker until that
+        worker's own readers reach it, and not knowing the size, nothing
+        jumps. A reader waiting for many inputs (a collection's final
+        concatenation) is not about to run. Looks at no more than
         :data:`_WANTED_SCAN` edges.
         """
         st = self.state
-        held_at = st.held_at
+        held_at, learned = st.held_at, st.prefix_bytes
+        mine = ts.nbytes if ts.nbytes >= 0 else learned.get(ts.prefix.name, (-1.0,))[0]
+        if mine <= 0:
+            return
+        small = self.options.light_edge_fraction * mine
         budget = _WANTED_SCAN
         for reader in ts.dependents:
             if reader.state != "waiting" or len(reader.waiting_on) > missing \
@@ -542,7 +552,10 @@ class AutoRestrictor(SchedulerPlugin):
                 for u in inputs:
                     budget -= u is not t
                     at = held_at.get(u.key)
-                    if at is not None and at not in here:
+                    if at is None or at in here:
+                        continue
+                    size = learned.get(u.prefix.name)
+                    if size is not None and size[0] <= small:
                         st.wanted.setdefault(at, {})[u.key] = u
                         st.wanted_new = True
                 if budget <= 0:
