@@ -279,6 +279,7 @@ class AutoRestrictor(SchedulerPlugin):
         st.runs.clear()
         st.held.clear()
         st.held_at.clear()
+        st.wanted.clear()
         if getattr(scheduler, "_autorestrictor", None) is st:
             del scheduler._autorestrictor
         self._unpin(scheduler, list(keys), why)
@@ -535,7 +536,14 @@ class AutoRestrictor(SchedulerPlugin):
         """
         st = self.state
         held_at, learned = st.held_at, st.prefix_bytes
-        mine = ts.nbytes if ts.nbytes >= 0 else learned.get(ts.prefix.name, (-1.0,))[0]
+
+        def size(t) -> float:  # measured, else learned for its prefix; -1 unknown
+            if t.nbytes >= 0:
+                return float(t.nbytes)
+            known = learned.get(t.prefix.name) if t.prefix is not None else None
+            return known[0] if known else -1.0
+
+        mine = size(ts)
         if mine <= 0:
             return
         small = self.options.light_edge_fraction * mine
@@ -554,8 +562,7 @@ class AutoRestrictor(SchedulerPlugin):
                     at = held_at.get(u.key)
                     if at is None or at in here:
                         continue
-                    size = learned.get(u.prefix.name)
-                    if size is not None and size[0] <= small:
+                    if 0 <= size(u) <= small:
                         st.wanted.setdefault(at, {})[u.key] = u
                         st.wanted_new = True
                 if budget <= 0:

@@ -685,17 +685,17 @@ async def test_a_root_another_worker_waits_for_is_released_out_of_turn(c, s, a, 
     which both row blocks read (the first pass of the bench's two-pass). The
     plan pins each ``w`` chunk to one worker; the other worker's readers wait
     for it. Released in that worker's turn, they come late, and meanwhile
-    the other worker's chunks wait in memory (12-22 at once, 3 runs of the
-    previous release); pulled when a reader is about to wait for them, 6-9
-    (Dask's default: 2-3)."""
+    the other worker's chunks wait in memory (36-40 at once in 3 runs of the
+    previous release); once the weights' size is learned, a weight another
+    worker is about to wait for jumps its worker's queue (9-10 in 3 runs)."""
     await c.register_plugin(AutoRestrictor())
     watch = _Unconsumed(s, "integers")
     s.add_plugin(watch, name="unconsumed")
-    n = 100
+    n = 200
     x = da.random.default_rng(0).integers(0, 10, size=(400_000, n), chunks=(200_000, 1))
     w = da.arange(1, n + 1, chunks=1).astype("f8")
     y = (x * w[None, :]).sum(axis=1)
     expected = (x.compute(scheduler="sync") * np.arange(1, n + 1)).sum(axis=1)
     np.testing.assert_array_equal(await c.compute(y), expected)
     assert s._autorestrictor.n_wanted > 0
-    assert watch.most <= 10, watch.most
+    assert watch.most <= 16, watch.most
