@@ -504,9 +504,8 @@ class AutoRestrictor(SchedulerPlugin):
                 self._observe(key, kwargs)
                 ts = self.scheduler.tasks.get(key)
                 if self.state.held_at and ts is not None and ts.who_has:
+                    # (the release it may need is scheduled just below)
                     self._wanted(ts, {ws.address for ws in ts.who_has}, _WANTED_MISSING)
-                    if self.state.wanted_new:
-                        self._schedule_release()
             except Exception as e:
                 self._fault("transition", e)
         # A task leaving "processing" frees a slot on its worker.
@@ -535,14 +534,7 @@ class AutoRestrictor(SchedulerPlugin):
         :data:`_WANTED_SCAN` edges.
         """
         st = self.state
-        held_at, learned = st.held_at, st.prefix_bytes
-
-        def size(t) -> float:  # measured, else learned for its prefix; -1 unknown
-            if t.nbytes >= 0:
-                return float(t.nbytes)
-            known = learned.get(t.prefix.name) if t.prefix is not None else None
-            return known[0] if known else -1.0
-
+        held_at, size = st.held_at, self._output_bytes
         mine = size(ts)
         if mine <= 0:
             return
@@ -567,6 +559,14 @@ class AutoRestrictor(SchedulerPlugin):
                         st.wanted_new = True
                 if budget <= 0:
                     return
+
+    def _output_bytes(self, ts) -> float:
+        """Bytes of ``ts``'s output: measured, else its prefix's learned
+        average; -1 when neither is known."""
+        if ts.nbytes >= 0:
+            return float(ts.nbytes)
+        known = self.state.prefix_bytes.get(ts.prefix.name) if ts.prefix is not None else None
+        return known[0] if known else -1.0
 
     def _schedule_release(self) -> None:
         if not self._release_soon and self.scheduler is not None:
@@ -796,7 +796,6 @@ class AutoRestrictor(SchedulerPlugin):
         n = len(units)
         pos = {k: i for i, u in enumerate(units) for k in u.keys}
         firsts = {u.keys[0] for u in units}
-        sizes = self.state.prefix_bytes
         here = {addr}
 
         def stays(ts) -> bool:
@@ -805,11 +804,8 @@ class AutoRestrictor(SchedulerPlugin):
             return ts.worker_restrictions == here or (
                 ts.processing_on is not None and ts.processing_on.address == addr)
 
-        def nbytes(ts) -> float:
-            if ts.nbytes >= 0:
-                return float(ts.nbytes)
-            known = sizes.get(ts.prefix.name) if ts.prefix is not None else None
-            return known[0] if known else 0.0
+        def nbytes(ts) -> float:  # (unknown sizes cost nothing)
+            return max(self._output_bytes(ts), 0.0)
 
         reach: dict = {}  # key -> last cut that moves it; -1 stays; None elsewhere
 
