@@ -289,6 +289,7 @@ def _submit_in_turn(client, collections) -> dict:
         plans = autorestrictor.last_plans(client)  # empty without the plugin
         if plans:
             record["sizes"] = plans[-1].get("sizes")
+            record["groups"] = plans[-1].get("n_groups")
             record["reason"] = plans[-1].get("reason")
         passes.append(record)
     return {"results": results, "passes": passes}
