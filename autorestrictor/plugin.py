@@ -49,6 +49,7 @@ import heapq
 import itertools
 import logging
 import math
+import weakref
 from collections import Counter, defaultdict, deque
 from time import monotonic, perf_counter, time
 from typing import Any
@@ -216,6 +217,7 @@ class AutoRestrictor(SchedulerPlugin):
         if self.scheduler is scheduler:
             return
         self.scheduler = scheduler
+        _log_with_the_scheduler(scheduler)
         from autorestrictor.http import add_dashboard, add_routes
 
         add_routes(scheduler)
@@ -1234,6 +1236,31 @@ class AutoRestrictor(SchedulerPlugin):
         else:
             logger.log(level, "left a graph of %s task(s) to Dask: %s",
                        record.get("n_tasks"), record["reason"], exc_info=exc_info)
+
+
+def _log_with_the_scheduler(scheduler) -> None:
+    """Let the plugin's log lines go where the scheduler's own go.
+
+    Dask sets up only the loggers its ``logging`` config names
+    (``distributed`` at INFO, on stderr), so without this the plugin's
+    INFO lines (what it pinned, what it left to Dask and why, re-homings)
+    would be dropped. Unless the ``autorestrictor`` logger was configured
+    (``logging: {autorestrictor: warning}`` in the Dask config, or by
+    hand), it takes the level and handlers of ``distributed``; either way
+    its lines also join the scheduler's own log (``client.get_scheduler_logs()``
+    and the dashboard's log page) while that scheduler lives.
+    """
+    ours, theirs = logger, logging.getLogger("distributed")
+    if ours.level == logging.NOTSET and not ours.handlers:
+        ours.setLevel(theirs.getEffectiveLevel())
+        if theirs.handlers:  # else both propagate to the same place
+            for h in theirs.handlers:
+                ours.addHandler(h)
+            ours.propagate = theirs.propagate
+    kept = getattr(scheduler, "_deque_handler", None)
+    if isinstance(kept, logging.Handler) and kept not in ours.handlers:
+        ours.addHandler(kept)
+        weakref.finalize(scheduler, ours.removeHandler, kept)
 
 
 def fetching(ws) -> int:

@@ -165,6 +165,23 @@ async def test_planner_fault_leaves_dask_default_and_next_graph_plans(c, s, a, b
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_what_it_did_is_in_the_scheduler_log(c, s, a, b):
+    """A plan and a step back reach the scheduler's own log (what
+    ``get_scheduler_logs`` and the dashboard's log page show), as Dask's
+    lines do; Dask's config names no ``autorestrictor`` logger."""
+    await c.register_plugin(AutoRestrictor())
+    await c.compute(seed_like(n_chunks=20))
+    chain = dask.delayed(inc)(1)
+    for _ in range(5):
+        chain = dask.delayed(inc)(chain)
+    assert await c.compute(chain) == 7
+    lines = [msg for _, msg in await c.get_scheduler_logs()]
+    ours = [m for m in lines if " - autorestrictor - INFO - " in m]
+    assert any("pinned" in m and "onto 2 worker(s)" in m for m in ours), ours
+    assert any("left a graph of 6 task(s) to Dask: widest layer" in m for m in ours), ours
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_apply_fault_is_all_or_nothing(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
     p = s.plugins["autorestrictor"]
