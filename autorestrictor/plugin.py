@@ -1244,18 +1244,19 @@ def _log_with_the_scheduler(scheduler) -> None:
     Dask sets up only the loggers its ``logging`` config names
     (``distributed`` at INFO, on stderr), so without this the plugin's
     INFO lines (what it pinned, what it left to Dask and why, re-homings)
-    would be dropped. Unless the ``autorestrictor`` logger was configured
+    would be dropped. Unless the ``autorestrictor`` logger's level was set
     (``logging: {autorestrictor: warning}`` in the Dask config, or by
     hand), it takes the level and handlers of ``distributed``; either way
     its lines also join the scheduler's own log (``client.get_scheduler_logs()``
     and the dashboard's log page) while that scheduler lives.
     """
     ours, theirs = logger, logging.getLogger("distributed")
-    if ours.level == logging.NOTSET and not ours.handlers:
+    if ours.level == logging.NOTSET:  # (checked at every attach: tools reset levels)
         ours.setLevel(theirs.getEffectiveLevel())
         if theirs.handlers:  # else both propagate to the same place
             for h in theirs.handlers:
-                ours.addHandler(h)
+                if h not in ours.handlers:
+                    ours.addHandler(h)
             ours.propagate = theirs.propagate
     kept = getattr(scheduler, "_deque_handler", None)
     if isinstance(kept, logging.Handler) and kept not in ours.handlers:
