@@ -62,8 +62,10 @@ async def install_plugin(dask_scheduler=None, **options: Any) -> None:
 
 
 def _history(dask_scheduler=None, what: str = "history") -> list[dict]:
-    plugin = dask_scheduler.plugins.get("autorestrictor")
-    return list(getattr(plugin, what)) if plugin is not None else []
+    from autorestrictor.state import state_of
+
+    st = state_of(dask_scheduler)
+    return list(getattr(st, what)) if st is not None else []
 
 
 def last_plans(client) -> list[dict]:

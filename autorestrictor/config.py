@@ -30,7 +30,8 @@ _PROPERTIES: dict[str, dict] = SCHEMA["properties"]["autorestrictor"]["propertie
 
 @dataclass(frozen=True)
 class Options:
-    """Every setting of the plugin and planner; see ``autorestrictor.yaml``."""
+    """Every setting of the plugin and planner; each is described in
+    ``autorestrictor-schema.yaml`` (defaults in ``autorestrictor.yaml``)."""
 
     enabled: bool
     min_tasks: int

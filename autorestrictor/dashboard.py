@@ -52,7 +52,7 @@ from distributed.dashboard.utils import update
 from distributed.utils import log_errors
 
 from autorestrictor.datamap import data_map, legend_html, worker_colour
-from autorestrictor.plugin import HOLD
+from autorestrictor.state import HOLD, state_of
 
 logger = logging.getLogger("autorestrictor")
 
@@ -79,15 +79,6 @@ PARTS = (
 )
 
 
-def _state(scheduler):
-    return getattr(scheduler, "_autorestrictor", None)
-
-
-def _registered(scheduler) -> bool:
-    plugin = scheduler.plugins.get("autorestrictor")
-    return plugin is not None and getattr(plugin, "state", None) is _state(scheduler)
-
-
 def _label(address: str) -> str:
     return address.split("://", 1)[-1]
 
@@ -99,20 +90,20 @@ def worker_counts(scheduler, finished=None) -> dict[str, list]:
     so that each update walks only the tasks of started units. A unit whose
     root is still held has not started: its other tasks all wait on it.
     """
-    st = _state(scheduler)
+    st = state_of(scheduler)
     tasks = scheduler.tasks
     addrs = set(scheduler.workers)
     held, waiting, done = Counter(), Counter(), Counter()
     moves_in, moves_out = Counter(), Counter()
     if st is not None:
-        addrs |= set(st.runs) | set(st.held)
+        addrs |= set(st.runs) | set(st.queues.held)
         hold = {HOLD}
-        for key, addr in st.held_at.items():
+        for key, addr in st.queues.held_at.items():
             ts = tasks.get(key)
             if ts is not None and ts.worker_restrictions == hold:
                 held[addr] += 1
         for addr, units in st.runs.items():
-            w, d = _count_units(units, addr, st.held_at, tasks, finished)
+            w, d = _count_units(units, addr, st.queues.held_at, tasks, finished)
             waiting[addr] += w
             done[addr] += d
         for mv in st.moves:
@@ -231,14 +222,13 @@ class WorkerCounts:
 
     def _words(self, counts) -> str:
         s = self.scheduler
-        st = _state(s)
-        if st is None or not _registered(s):
+        st = state_of(s)
+        if st is None:
             return ("<p><b>autorestrictor is not registered on this scheduler.</b> "
                     "Register it with <code>client.register_plugin(AutoRestrictor())</code>.</p>")
         if not st.history:
-            plugin = s.plugins["autorestrictor"]
             return ("<p><b>No plans yet.</b> autorestrictor plans each graph of at least "
-                    f"{plugin.options.min_tasks} tasks when it is submitted.</p>")
+                    f"{st.options.min_tasks} tasks when it is submitted.</p>")
         sentences = held_in_words(counts)
         if not sentences:
             return "<p>No held roots: every pinned root task has been sent to its worker.</p>"
@@ -278,7 +268,7 @@ class RecentPlans:
 
     @log_errors
     def update(self) -> None:
-        st = _state(self.scheduler)
+        st = state_of(self.scheduler)
         records = list(reversed(st.history)) if st is not None else []
         update(self.source, {
             "id": [r.get("id") for r in records],
@@ -318,7 +308,7 @@ class RecentMoves:
 
     @log_errors
     def update(self) -> None:
-        st = _state(self.scheduler)
+        st = state_of(self.scheduler)
         moves = list(reversed(st.moves)) if st is not None else []
         update(self.source, {
             "when": [strftime("%H:%M:%S", localtime(m["time"])) for m in moves],
@@ -350,7 +340,7 @@ class DataMapView:
 
     @log_errors
     def update(self) -> None:
-        st = _state(self.scheduler)
+        st = state_of(self.scheduler)
         if st is None or st.last_plan is None or st.last_plan_id == self.plan_id:
             return
         self.plan_id = st.last_plan_id

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autorestrictor.graph import build_graph
-from autorestrictor.planner import Plan, _per_node, _sizes, predicted_transfer
+from autorestrictor.planner import Plan, node_sizes, per_node, predicted_transfer
 
 Key = Hashable
 
@@ -218,8 +218,8 @@ def default_transfer(
     if not isinstance(workers, Mapping) or not workers:
         raise TypeError("workers must be a non-empty mapping of address -> thread count")
     slots = np.repeat(np.arange(len(workers)), [max(1, int(t)) for t in workers.values()])
-    size = _sizes(g, nbytes)
-    rank = _per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
+    size = node_sizes(g, nbytes)
+    rank = per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
     where = np.full(g.n, -1, dtype=np.int64)
     roots = np.flatnonzero(g.indegree[: g.n_tasks] == 0)
     roots = roots[np.argsort(rank[roots], kind="stable")]

@@ -174,7 +174,7 @@ def explain(
     >>> e.reason, e.map.shape, len(set(e.assignment.values()))
     (None, (1, 40), 4)
     """
-    from autorestrictor.plugin import graph_order
+    from autorestrictor.intake import graph_order
 
     dsk, annotations = _graph(obj)
     if client is not None and workers is not None:
@@ -260,22 +260,17 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
 
 def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
     """On the scheduler: what the plugin would give the planner for a graph of ``keys``."""
-    from autorestrictor.plugin import (
-        AutoRestrictor,
-        expected_seconds,
-        running_workers,
-        unknown_duration,
-    )
+    from autorestrictor import intake
+    from autorestrictor.learning import Learned
+    from autorestrictor.state import state_of
 
     s = dask_scheduler
-    plugin = s.plugins.get("autorestrictor")
-    installed = isinstance(plugin, AutoRestrictor) and plugin.scheduler is s
-    workers = running_workers(s)
-    means = plugin.state.prefix_mean if installed else {}
-    expected = {
-        name: expected_seconds(s.task_prefixes.get(name), means, unknown_duration(s))
-        for name in prefixes
-    }
+    st = state_of(s)
+    workers = intake.running_workers(s)
+    learned = st.learned if st is not None else Learned()
+    unknown = intake.unknown_duration(s)
+    expected = {name: intake.expected_seconds(s.task_prefixes.get(name), learned, unknown)
+                for name in prefixes}
     who_has, nbytes = {}, {}
     for k in keys:
         ts = s.tasks.get(k)
@@ -283,21 +278,21 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
             who_has[k] = [ws.address for ws in ts.who_has]
             nbytes[k] = ts.get_nbytes()
     return {
-        "installed": installed,
-        "options": dataclasses.asdict(plugin.options) if installed else {},
+        "installed": st is not None,
+        "options": dataclasses.asdict(st.options) if st is not None else {},
         "workers": workers,
-        "busy": {a: plugin._waiting_work(a) for a in workers} if installed else {},
-        "learned": ({k: v for k, (v, _) in plugin.state.prefix_bytes.items()}
-                    if installed else {}),
+        "busy": intake.busy(st, workers, unknown) if st is not None else {},
+        "learned": learned.sizes(),
         "expected": expected, "who_has": who_has, "nbytes": nbytes,
     }
 
 
 def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict) -> dict:
-    """The planner's inputs, built as ``AutoRestrictor._plan`` builds them."""
+    """The planner's inputs, built as the plugin builds them
+    (:func:`autorestrictor.intake.read_graph`)."""
     import dask.order
 
-    from autorestrictor.plugin import is_p2p_barrier
+    from autorestrictor.compat import is_p2p_barrier
 
     priority = dask.order.order(dsk)
     dependencies = {k: list(dsk[k].dependencies) for k in keys}

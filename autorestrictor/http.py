@@ -8,6 +8,8 @@ import sys
 
 from tornado import web
 
+from autorestrictor.state import state_of
+
 logger = logging.getLogger("autorestrictor")
 
 ROUTE = "/autorestrictor/plans.json"
@@ -18,9 +20,9 @@ class PlansJSON(web.RequestHandler):
         self.server = dask_server
 
     def get(self) -> None:
-        plugin = self.server.plugins.get("autorestrictor")
-        plans = list(plugin.history) if plugin is not None else []
-        moves = list(plugin.moves) if plugin is not None else []
+        st = state_of(self.server)
+        plans = list(st.history) if st is not None else []
+        moves = list(st.moves) if st is not None else []
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps({"plans": plans, "rebalances": moves}, default=str))
 

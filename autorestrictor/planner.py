@@ -12,9 +12,10 @@ data sizes and balance:
 3. the partition layer: walk down from the terminals until the layer is wide
    enough to give every worker thread work; tasks above it (the last steps
    of a reduction) are left to Dask, which places them next to their inputs;
-4. and 5. groups: tasks below the layer that share inputs are one group
-   (connected components), except across *light* edges, whose data is
-   cheap to send anywhere (a scalar, a global mean);
+4. groups: tasks below the layer that share inputs are one group
+   (connected components),
+5. except across *light* edges, whose data is cheap to send anywhere (a
+   scalar, a global mean);
 6. assignment: groups are laid out in priority order (dask.order keeps
    neighbours together) and dealt out to workers in contiguous runs
    weighted by threads; a group larger than a worker's share is split along
@@ -229,7 +230,8 @@ def plan(
         ``cost`` (pinned work of earlier graphs). Work is dealt so that every
         worker finishes together: a busy worker gets less of this graph.
     **options:
-        Overrides of the configuration (``autorestrictor.yaml``), e.g.
+        Overrides of the configuration (each described in
+        ``autorestrictor-schema.yaml``), e.g.
         ``min_tasks=1``, ``balance_tolerance=0.1``.
 
     Returns
@@ -349,7 +351,7 @@ def analyse(
     reason to step back (``None`` when there is parallelism to spread).
     Complexity: O(tasks + edges) plus two sorts in C.
     """
-    size = _sizes(g, nbytes)
+    size = node_sizes(g, nbytes)
     located = _located(g, who_has, addrs)
     pinnable = np.zeros(g.n, dtype=bool)
     pinnable[: g.n_tasks] = True
@@ -380,7 +382,7 @@ def analyse(
     member = lower & (pinnable | (located >= 0))
     broadcast = find_broadcasts(g, len(threads))
     heavy &= ~broadcast[g.src]
-    cost_arr = _per_node(g, cost, default=1.0, name="cost")
+    cost_arr = per_node(g, cost, default=1.0, name="cost")
     cost_arr[broadcast] = 0.0  # a small operand: not work to balance
     comp = find_groups(g, member, heavy)
     a = Analysis(
@@ -1158,7 +1160,7 @@ def _indices(g: Graph, keys: Collection[Key]) -> np.ndarray:
     return idx[idx >= 0]
 
 
-def _per_node(
+def per_node(
     g: Graph,
     values: Mapping[Key, float] | None,
     default: float,
@@ -1191,8 +1193,9 @@ def _per_node(
     return out
 
 
-def _sizes(g: Graph, nbytes: Mapping[Key, float] | None) -> np.ndarray:
-    size = _per_node(g, nbytes, default=np.nan, name="nbytes")
+def node_sizes(g: Graph, nbytes: Mapping[Key, float] | None) -> np.ndarray:
+    """Output bytes per node: given, else the typical given size, else 1."""
+    size = per_node(g, nbytes, default=np.nan, name="nbytes")
     known = ~np.isnan(size)
     size[~known] = _typical_size(size[known]) if known.any() else 1.0
     return size
@@ -1240,7 +1243,7 @@ def _ranks(g: Graph, priority: Mapping[Key, float] | None, fallback: np.ndarray)
     The given priorities where known; nodes without one come after all of
     them, in the ``fallback`` order.
     """
-    p = _per_node(g, priority, default=np.nan, name="priority", nonnegative=False)
+    p = per_node(g, priority, default=np.nan, name="priority", nonnegative=False)
     unknown = np.isnan(p)
     if unknown.any():
         base = np.nanmax(p) + 1 if not unknown.all() else 0.0

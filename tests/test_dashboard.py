@@ -26,7 +26,7 @@ from autorestrictor.dashboard import (
     page,
 )
 from autorestrictor.datamap import worker_colour
-from autorestrictor.plugin import HOLD
+from autorestrictor.state import HOLD
 
 DASHBOARD = {"dashboard": True, "dashboard_address": ":0"}
 
@@ -59,7 +59,7 @@ def scheduler_counts(dask_scheduler=None) -> dict:
     for ts in s.tasks.values():
         r = ts.worker_restrictions or set()
         if r == {HOLD}:
-            counts[st.held_at[ts.key]]["held"] += 1
+            counts[st.queues.held_at[ts.key]]["held"] += 1
         elif len(r) == 1:
             (addr,) = r
             if ts.state in ("waiting", "no-worker", "queued"):

@@ -14,7 +14,7 @@ from distributed.core import Status
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
-from autorestrictor.plugin import HOLD
+from autorestrictor.state import HOLD
 
 
 def _run(plugin: str | None):

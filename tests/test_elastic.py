@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from unittest import mock
 
 import dask
 import dask.array as da
@@ -16,8 +17,9 @@ from distributed.core import Status
 from distributed.utils_test import async_poll_for, gen_cluster, inc
 
 import autorestrictor
-from autorestrictor import AutoRestrictor
-from autorestrictor.plugin import HOLD
+from autorestrictor import AutoRestrictor, balancing, elastic, intake, membership
+from autorestrictor.learning import Mean
+from autorestrictor.state import HOLD
 
 SMALL = {"autorestrictor.min-tasks": 1}
 
@@ -96,19 +98,19 @@ async def test_seams_count_what_crosses_each_cut(c, s, a, b):
     """What cutting a run before each unit sends equals, edge by edge, the
     bytes between the tasks that would move and the tasks that stay, where
     a moved unit's task that reads more from the donor's side than from the
-    moving side stays (as ``_move`` does: the top of a reduction)."""
+    moving side stays (the stay rule of ``elastic.split_move``: the top of a reduction)."""
     ev, fut = await blocked_reduction(c, s, 32, rebalance=False)
     plugin = s.plugins["autorestrictor"]
     for ts in s.tasks.values():  # sizes as if learned from an earlier graph
-        plugin.state.prefix_bytes[ts.prefix.name] = (1000.0 * len(ts.prefix.name), 1)
+        plugin.state.learned.nbytes[ts.prefix.name] = Mean(1000.0 * len(ts.prefix.name), 1)
     addr = max(pinned(s), key=pinned(s).get)
-    units = plugin._movable(addr)
+    units = balancing.movable(plugin.state, addr)
     assert len(units) > 4
-    seams = plugin._seams(addr, units)
+    seams = elastic.seams(**intake.seam_inputs(s, addr, units, plugin.state.learned))
 
     def moving(cut):
         keys = {k for u in units[cut:] for k in u.keys}
-        for _ in range(2):  # as _move: a task with fewer than half its inputs moving stays
+        for _ in range(2):  # as split_move: a task with fewer than half its inputs moving stays
             for u in units[cut:]:
                 for k in u.keys[1:]:
                     deps = s.tasks[k].dependencies
@@ -129,7 +131,7 @@ async def test_seams_count_what_crosses_each_cut(c, s, a, b):
         moves = moving(cut)
         kept += sum(len(u.keys) for u in units[cut:]) - len(moves)
         crossing = sum(
-            plugin.state.prefix_bytes[d.prefix.name][0]
+            plugin.state.learned.nbytes[d.prefix.name].value
             for ts in s.tasks.values() for d in ts.dependencies
             if {side(ts, moves), side(d, moves)} == {"moves", "stays"})
         assert seams[cut] == pytest.approx(crossing / s.bandwidth), cut
@@ -192,11 +194,11 @@ async def test_graphs_submitted_together_spread_over_the_cluster(c, s, *workers)
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_registering_again_mid_run_takes_over(c, s, a, b):
     ev, fut = await blocked_reduction(c, s, 40)
-    held = len(s._autorestrictor.held_at)
+    held = len(s._autorestrictor.queues.held_at)
     assert held > 0
     with pytest.warns(UserWarning, match="overwriting"):
         await c.register_plugin(AutoRestrictor())
-    assert len(s._autorestrictor.held_at) == held, "the new instance owns the held roots"
+    assert len(s._autorestrictor.queues.held_at) == held, "the new instance owns the held roots"
     await ev.set()
     np.testing.assert_array_equal(await fut, np.full(100, 40.0))
     assert not s.unrunnable
@@ -252,8 +254,7 @@ async def test_rehomed_roots_wait_for_a_free_thread(c, s, a, b, w3):
 @gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
 async def test_a_hook_that_raises_strands_nothing(c, s, a, b, w3):
     ev, fut = await blocked_reduction(c, s, 30)
-    plugin = s.plugins["autorestrictor"]
-    real = plugin._rehome
+    real = membership.rehome
     calls = []
 
     def fail_once(*args):
@@ -262,9 +263,9 @@ async def test_a_hook_that_raises_strands_nothing(c, s, a, b, w3):
             raise RuntimeError("injected")
         return real(*args)
 
-    plugin._rehome = fail_once
     victim = max(pinned(s), key=pinned(s).get)
-    await s.remove_worker(victim, stimulus_id="test")
+    with mock.patch.object(membership, "rehome", fail_once):
+        await s.remove_worker(victim, stimulus_id="test")
     assert len(calls) == 2, "the sweep re-homed what the failed hook left"
     faults = [e for _, e in s.get_events("autorestrictor") if e["action"] == "fault"]
     assert faults and faults[-1]["where"] == "remove_worker"
@@ -277,14 +278,14 @@ async def test_a_hook_that_raises_strands_nothing(c, s, a, b, w3):
              config={**SMALL, "distributed.scheduler.no-workers-timeout": "0s"})
 async def test_zero_no_workers_timeout_keeps_admission(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
-    assert s.plugins["autorestrictor"]._admission
+    assert s._autorestrictor.admission
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2,
              config={**SMALL, "distributed.scheduler.no-workers-timeout": "30s"})
 async def test_no_workers_timeout_turns_admission_off(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
-    assert not s.plugins["autorestrictor"]._admission
+    assert not s._autorestrictor.admission
     assert (await c.compute(da.ones((10, 20), chunks=(10, 1)).sum(axis=1))).sum() == 200
 
 
@@ -308,7 +309,7 @@ async def test_rootish_tasks_with_a_small_input_are_admitted_too(c, s, a, b):
     limit = math.ceil(s.WORKER_SATURATION * 2)
     assert all(len(ws.processing) <= limit for ws in s.workers.values()), {
         ws.address: len(ws.processing) for ws in s.workers.values()}
-    assert len(s._autorestrictor.held_at) >= 40 - 2 * limit
+    assert len(s._autorestrictor.queues.held_at) >= 40 - 2 * limit
     await ev.set()
     assert await fut == 40 * 2 + sum(range(40))
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from unittest import mock
 
 import dask
 import dask.array as da
@@ -23,8 +24,8 @@ from distributed.utils_test import (
 from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
-from autorestrictor import AutoRestrictor
-from autorestrictor.plugin import HOLD
+from autorestrictor import AutoRestrictor, actions, admission, intake
+from autorestrictor.state import HOLD
 
 SMALL = {"autorestrictor.min-tasks": 1}
 
@@ -144,22 +145,14 @@ async def test_planner_fault_leaves_dask_default_and_next_graph_plans(c, s, a, b
     plugin = AutoRestrictor()
     await c.register_plugin(plugin)
     p = s.plugins["autorestrictor"]
-    real = p._plan
-    calls = []
-
-    def broken(*args, **kwargs):
-        calls.append(1)
-        raise RuntimeError("injected fault")
-
-    p._plan = broken
-    with captured_logger("autorestrictor", level=logging.WARNING) as log:
+    broken = mock.patch.object(intake, "read_graph", side_effect=RuntimeError("injected fault"))
+    with broken, captured_logger("autorestrictor", level=logging.WARNING) as log:
         assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
     assert log.getvalue().count("planning failed: RuntimeError('injected fault')") == 1
     assert "Traceback" in log.getvalue()
     assert not any(ts.worker_restrictions for ts in s.tasks.values())
     assert "planning failed" in p.history[-1]["reason"]
 
-    p._plan = real
     assert (await c.compute(seed_like(n_chunks=21))).sum() == 21 * 1000
     assert p.history[-1]["reason"] is None
 
@@ -196,16 +189,16 @@ async def test_apply_fault_is_all_or_nothing(c, s, a, b):
                 raise RuntimeError("injected apply fault")
             return super().__getitem__(key)
 
-    real_apply = p._apply
+    real_pin = actions.pin_plan
 
-    def apply(scheduler, plan):
+    def pin_plan(scheduler, *args):
         class View:
             tasks = Exploding(real_tasks)
 
-        return real_apply(View, plan)
+        return real_pin(View, *args)
 
-    p._apply = apply
-    assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
+    with mock.patch.object(actions, "pin_plan", pin_plan):
+        assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
     assert "applying failed" in p.history[-1]["reason"]
     assert not any(ts.worker_restrictions for ts in s.tasks.values())
 
@@ -297,7 +290,7 @@ async def _many_graphs(c, s, n):
     sizes = []
     for i in range(n):
         await c.compute(da.ones((10, 8), chunks=(10, 1)).sum(axis=1) + i)
-        sizes.append((sum(map(len, p.runs.values())), len(p.held), len(p.state.held_at)))
+        sizes.append((sum(map(len, p.runs.values())), len(p.held), len(p.state.queues.held_at)))
     for i, name in enumerate(("pinned tasks", "held queues", "held roots")):
         assert max(size[i] for size in sizes[1:]) <= sizes[0][i], (name, sizes)
     assert len(p.history) == 10
@@ -426,7 +419,7 @@ async def test_graph_sharing_keys_with_one_in_flight(c, s, a, b):
         if ts.processing_on is not None:
             return ts.processing_on.address
         if ts.worker_restrictions == {HOLD}:
-            return state.held_at[ts.key]
+            return state.queues.held_at[ts.key]
         (addr,) = ts.worker_restrictions
         return addr
 
@@ -452,7 +445,7 @@ async def test_cancel_releases_held_and_pinned_tasks(c, s, a, b):
     assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
     assert not s.unrunnable
     # the cancelled roots' places in the admission queues are given up
-    await async_poll_for(lambda: not p.state.held_at and not p.held, timeout=5)
+    await async_poll_for(lambda: not p.state.queues.held_at and not p.held, timeout=5)
 
 
 def _fail_on_chunk_3(block, block_info=None):
@@ -543,7 +536,7 @@ async def test_admission_holds_roots_until_threads_free_up(c, s, a, b):
     assert len(s.unrunnable) >= 40 - 4
     await ev.set()
     np.testing.assert_array_equal(await fut, np.full(100, 40.0))
-    assert not p.held and not p.state.held_at and not s.unrunnable
+    assert not p.held and not p.state.queues.held_at and not s.unrunnable
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
@@ -551,7 +544,7 @@ async def test_admission_off_without_queuing(c, s, a, b):
     with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
         s.WORKER_SATURATION = float("inf")
         await c.register_plugin(AutoRestrictor())
-    assert not s.plugins["autorestrictor"]._admission
+    assert not s._autorestrictor.admission
     assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
 
 
@@ -561,7 +554,7 @@ async def test_losing_every_worker_unpins(c, s, a, b):
     p = s.plugins["autorestrictor"]
     await s.remove_worker(a.address, stimulus_id="test")
     await s.remove_worker(b.address, stimulus_id="test")
-    assert not p.runs and not p.state.held_at
+    assert not p.runs and not p.state.queues.held_at
     assert not any(ts.worker_restrictions for ts in s.tasks.values())
     async with Worker(s.address, nthreads=1):
         await ev.set()
@@ -602,8 +595,8 @@ async def test_sizes_are_learned_from_finished_tasks(c, s, a, b):
     first, second = s.plugins["autorestrictor"].history
     assert first["sizes"]["learned"] == 0 and first["sizes"]["assumed"] > 0
     assert second["sizes"]["learned"] == second["n_tasks"], second["sizes"]
-    learned = s._autorestrictor.prefix_bytes
-    assert learned and all(size > 0 for size, _ in learned.values())
+    learned = s._autorestrictor.learned.sizes()
+    assert learned and all(size > 0 for size in learned.values())
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
@@ -663,14 +656,15 @@ async def test_waiting_tasks_free_at_most_as_many_slots_again(c, s, a):
     at most ``slots`` of them (2 for one thread at saturation 1.1) not count."""
     async with BlockedGatherDep(s.address, nthreads=1) as b:
         await c.register_plugin(AutoRestrictor())
-        p = s.plugins["autorestrictor"]
         big = await c.scatter(np.ones(10), workers=[a.address])
         waiting = [c.submit(np.sum, big, workers=[b.address], key=f"w-{i}") for i in range(3)]
         await b.in_gather_dep.wait()
         ws = s.workers[b.address]
         await async_poll_for(lambda: len(ws.processing) == 3, timeout=5)
         # Dask's rule: 2 - 3 = -1; every waiting task free: 2; the bound: 2 - (3 - 2) = 1
-        assert p._free_slots(ws, 1.1, queued=10) == 1
+        busy = len(ws.processing) - len(ws.long_running)
+        assert admission.free_slots(ws.nthreads, busy, 1.1, queued=10,
+                                    waiting_for_inputs=lambda: intake.fetching(ws)) == 1
         b.block_gather_dep.set()
         assert await c.gather(waiting) == [10.0] * 3
 
@@ -714,5 +708,5 @@ async def test_a_root_another_worker_waits_for_is_released_out_of_turn(c, s, a, 
     y = (x * w[None, :]).sum(axis=1)
     expected = (x.compute(scheduler="sync") * np.arange(1, n + 1)).sum(axis=1)
     np.testing.assert_array_equal(await c.compute(y), expected)
-    assert s._autorestrictor.n_wanted > 0
+    assert s._autorestrictor.queues.n_wanted > 0
     assert watch.most <= 16, watch.most

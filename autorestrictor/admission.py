@@ -1,0 +1,178 @@
+"""Admission: when each worker's held roots are released, and which first.
+
+Pinned roots wait on the scheduler, in a queue per worker (``Queues``), and
+are released as the worker has free slots, the rule Dask's own queue uses
+(``worker-saturation``). This module decides; the plugin reads the
+scheduler's state into the arguments and :mod:`autorestrictor.actions`
+carries the decision out. It never imports ``distributed``: tasks are read
+through the attributes Dask's ``TaskState`` has (``state``, ``dependents``,
+``waiting_on``, ``worker_restrictions``, ``key``), so hand-made objects do
+in tests.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Hashable
+from enum import Enum
+
+from autorestrictor.state import Queues
+
+#: Edges looked at, at most, per released root or finished task, to find
+#: held roots that a reader is about to wait for from another worker (see
+#: :func:`note_wanted`): a bound on the hook's cost on the event loop (a
+#: broadcast operand has hundreds of readers).
+WANTED_SCAN = 64
+
+#: A reader is about to run when it waits for at most this many inputs: a
+#: chunk and its weight, a block and its neighbour. One waiting for many (a
+#: collection's final concatenation, a flat aggregate) is not, and pulling
+#: its inputs would release every held root at once.
+WANTED_MISSING = 2
+
+
+class Status(Enum):
+    """What a held root's task is doing now."""
+
+    READY = "ready"  # in no-worker with its inputs ready: may be released
+    LATER = "later"  # pinned and pending, inputs not ready: stays queued
+    GONE = "gone"  # cancelled, forgotten, done, or no longer held by us
+
+
+def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
+               waiting_for_inputs: Callable[[], int] | None = None) -> int:
+    """How many held roots a worker may be sent now.
+
+    Dask's queuing rule, ``ceil(saturation * nthreads)`` tasks processing
+    (at least one), except that up to as many again may wait for inputs
+    from other workers without counting: they hold no thread, so the worker
+    computes its own chunks while the transfer runs, and each holds its
+    local inputs in memory, hence the bound. ``busy`` is the worker's
+    processing tasks that are not long-running; ``waiting_for_inputs``
+    (``None`` when the worker fetches nothing) counts those still waiting,
+    called only when the worker looks full.
+
+    Examples
+    --------
+    >>> free_slots(nthreads=2, busy=1, saturation=1.1, queued=10)
+    2
+    >>> free_slots(nthreads=1, busy=3, saturation=1.1, queued=10, waiting_for_inputs=lambda: 2)
+    1
+    >>> free_slots(nthreads=1, busy=9, saturation=float("inf"), queued=10)
+    10
+    """
+    if math.isinf(saturation):
+        return queued
+    slots = max(math.ceil(saturation * nthreads), 1)
+    if busy >= slots and waiting_for_inputs is not None:
+        busy = max(busy - waiting_for_inputs(), busy - slots)
+    return slots - busy
+
+
+def take(queues: Queues, addr: str, free: int,
+         status: Callable[[Hashable], Status]) -> list[Hashable]:
+    """Take up to ``free`` held roots off ``addr``'s queue, and return them.
+
+    First the roots that readers on other workers wait for
+    (``queues.wanted[addr]``, see :func:`note_wanted`), ahead of the
+    queue's order; then the queue in priority order. A root whose inputs
+    are not ready stays queued; one that is gone is forgotten. Taken keys
+    leave ``held_at``: the caller releases them. O(taken + skipped) heap
+    operations.
+
+    Examples
+    --------
+    >>> q = Queues()
+    >>> for p, key in [(3, "c"), (1, "a"), (2, "b")]:
+    ...     q.hold("w1", (p,), key)
+    >>> take(q, "w1", 2, lambda key: Status.READY)
+    ['a', 'b']
+    >>> q.wanted["w1"] = {"c": None}
+    >>> take(q, "w1", 1, lambda key: Status.READY), dict(q.held_at)
+    (['c'], {})
+    """
+    out: list = []
+    held_at = queues.held_at
+    wanted = queues.wanted.get(addr, {})
+    while wanted and free > 0:
+        key = next(iter(wanted))
+        del wanted[key]
+        if held_at.get(key) != addr or status(key) is not Status.READY:
+            continue  # moved, released, done, or its inputs are not ready
+        del held_at[key]  # (its heap entry is skipped below)
+        out.append(key)
+        free -= 1
+        queues.n_wanted += 1
+    if not wanted:
+        queues.wanted.pop(addr, None)
+    heap = queues.held.get(addr)
+    if heap is None:
+        return out
+    later = []
+    while heap and free > 0:
+        entry = heapq.heappop(heap)
+        key = entry.key
+        if held_at.get(key) != addr:
+            continue  # moved to another worker's queue
+        s = status(key)
+        if s is Status.GONE:
+            del held_at[key]
+        elif s is Status.LATER:
+            later.append(entry)
+        else:
+            del held_at[key]
+            out.append(key)
+            free -= 1
+    for entry in later:
+        heapq.heappush(heap, entry)
+    if not heap:
+        del queues.held[addr]
+    return out
+
+
+def note_wanted(queues: Queues, ts, here: set, missing: int,
+                size: Callable[[object], float], fraction: float) -> None:
+    """Note the small held roots that readers of ``ts`` on ``here`` wait for.
+
+    Each worker's admission releases its own roots in priority order. A
+    small operand that other workers' chunks read (a column's weight, a
+    bias) may come late in its worker's order, and meanwhile the other
+    workers keep computing their own chunks, whose results wait in memory
+    for it. So when a root is released to a worker, or a task finishes
+    there, each reader of it pinned to that worker and waiting for at most
+    ``missing`` inputs is looked at: an input that is a root held on another
+    worker (or waits for one, such as its ``getitem`` slice) takes that
+    worker's next free slot, ahead of its own queue (:func:`take`), and is
+    computed while this worker computes its own. Only a small one: its
+    output (``size``: measured, else learned, else -1) at most ``fraction``
+    of ``ts``'s. Computing a big input early (a product's block) would hold
+    it on its own worker until that worker's own readers reach it, and not
+    knowing the size, nothing jumps. Looks at no more than
+    :data:`WANTED_SCAN` edges.
+    """
+    held_at = queues.held_at
+    mine = size(ts)
+    if mine <= 0:
+        return
+    small = fraction * mine
+    budget = WANTED_SCAN
+    for reader in ts.dependents:
+        if reader.state != "waiting" or len(reader.waiting_on) > missing \
+                or not reader.worker_restrictions or not reader.worker_restrictions <= here:
+            continue
+        for t in reader.waiting_on:
+            if t is ts:
+                continue
+            budget -= 1
+            inputs = t.waiting_on if t.state == "waiting" else (t,)
+            for u in inputs:
+                budget -= u is not t
+                at = held_at.get(u.key)
+                if at is None or at in here:
+                    continue
+                if 0 <= size(u) <= small:
+                    queues.wanted.setdefault(at, {})[u.key] = None
+                    queues.wanted_new = True
+            if budget <= 0:
+                return

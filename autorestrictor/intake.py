@@ -1,0 +1,331 @@
+"""Reading the scheduler: its state turned into the policies' plain inputs.
+
+The plugin's hooks and ``explain()`` read the scheduler only through this
+module: the planner's inputs for a new graph (:func:`read_graph`), the
+workers and their pinned work, what a task is doing for admission, and what
+the rebalancer and the seams need. Nothing here changes the scheduler (that
+is :mod:`autorestrictor.actions`); nothing here decides (that is the pure
+policies).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Hashable, Iterable
+
+import dask.config
+
+from autorestrictor.admission import Status
+from autorestrictor.compat import is_p2p_barrier
+from autorestrictor.learning import Learned
+from autorestrictor.planner import Sizes, estimate_sizes
+from autorestrictor.state import HOLD, PENDING, State, Unit
+
+logger = logging.getLogger("autorestrictor")
+
+#: Processing tasks admission looks at, at most, on a worker that seems
+#: full, to find those still waiting for inputs from other workers (see
+#: :func:`fetching`); a worker with more than this many is busy anyway.
+FETCH_SCAN = 32
+
+
+@dataclasses.dataclass
+class GraphInputs:
+    """A new graph as the planner takes it (the keyword arguments of
+    :func:`autorestrictor.plan`), and where its sizes came from."""
+
+    dependencies: dict
+    workers: dict[str, int]
+    nbytes: dict
+    priority: dict
+    who_has: dict
+    skip: list
+    cost: dict
+    busy: dict[str, float]
+    placed_at_run_time: list
+    sizes: Sizes
+
+    def plan_kwargs(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["sizes"]
+        return out
+
+
+def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
+               state: State) -> GraphInputs:
+    """The planner's inputs for a graph of ``keys``, from the scheduler's state.
+
+    Touched tasks that must not move (already placed, restricted by the user
+    or by P2P, actors, opted out, no longer ``released``) stay in the graph
+    so its shape is right, as located or skipped nodes. Each task's cost is
+    its kind's expected duration, and each worker's pinned work still
+    waiting is passed as ``busy``, so that graphs submitted together spread
+    over the cluster. One pass over the new tasks and their inputs.
+    """
+    tasks = scheduler.tasks
+    opted_out = annotations.get("autorestrict", {})
+    held_at = state.queues.held_at
+    unknown = unknown_duration(scheduler)
+    dependencies: dict = {}
+    nbytes: dict = {}  # measured
+    prefix_of: dict = {}
+    priority: dict = {}
+    who_has: dict = {}
+    cost: dict = {}
+    skip: list = []
+    p2p: list = []  # P2P barriers: P2P places their outputs at run time
+    per_prefix: dict = {}  # prefix -> (name, expected seconds), read once
+    for key in graph_order(keys):
+        ts = tasks.get(key)
+        if ts is None:
+            continue
+        dependencies[key] = [dts.key for dts in ts.dependencies]
+        prefix = ts.prefix
+        known = per_prefix.get(prefix)
+        if known is None:
+            known = per_prefix[prefix] = (
+                prefix.name if prefix is not None else None,
+                expected_seconds(prefix, state.learned, unknown))
+        cost[key] = known[1]
+        if known[0] is not None:
+            prefix_of[key] = known[0]
+        if ts.priority is not None:
+            priority[key] = ts.priority[-1]
+        if ts.nbytes >= 0:
+            nbytes[key] = ts.nbytes
+        if is_p2p_barrier(ts.key, ts.run_spec):
+            p2p.append(key)
+        if not free_to_pin(ts, opted_out):
+            where = bound_to(ts, held_at)
+            if where is not None:
+                who_has[key] = where
+            else:
+                skip.append(key)
+        for dts in ts.dependencies:
+            if dts.key in dependencies or dts.key in who_has:
+                continue
+            if dts.who_has:
+                who_has[dts.key] = [ws.address for ws in dts.who_has]
+                nbytes[dts.key] = dts.get_nbytes()
+            else:  # in flight: bound to a worker by an earlier plan?
+                where = bound_to(dts, held_at)
+                if where is not None:
+                    who_has[dts.key] = where
+    workers = running_workers(scheduler)
+    sizes = estimate_sizes(nbytes, prefix_of, state.learned.sizes())
+    return GraphInputs(
+        dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
+        priority=priority, who_has=who_has, skip=skip, cost=cost,
+        busy=busy(state, workers, unknown), placed_at_run_time=p2p, sizes=sizes,
+    )
+
+
+def busy(state: State, workers: Iterable[str], unknown: float) -> dict[str, float]:
+    """Expected seconds of pinned work not yet done on each worker (for the next plan).
+
+    Counts every task of the units still in its run, started or not: a
+    chain whose root has run still has the rest of the chain to run.
+    """
+    typical = state.learned.typical(unknown)
+    return {a: typical * sum(u.cost for u in state.runs.get(a, ())) for a in workers}
+
+
+def graph_order(keys) -> list:
+    """A graph's keys in the order the planner is given them.
+
+    The planner keeps groups in the order it is given them. Sorted keys are
+    chunk order for Dask collections, ("x", 0, 9) before ("x", 0, 10), so
+    neighbouring chunks land on one worker and a later graph combining them
+    finds them together. Keys that do not compare keep the given order.
+    """
+    try:
+        return sorted(keys, key=_by_type_then_value)
+    except TypeError:
+        logger.debug("keys that do not compare: planning in the given order")
+        return list(keys)
+
+
+def _by_type_then_value(key):
+    # Dask graphs mix tuple keys (chunks) with a few string keys (finalize).
+    return type(key).__name__, key
+
+
+def running_workers(scheduler) -> dict[str, int]:
+    """``address -> threads`` of the running workers, sorted by address.
+
+    The planner deals work to workers in this order. Sorted, so that the
+    same graph on the same workers gets the same plan whoever asks
+    (``explain()`` reads the workers with this function too);
+    ``scheduler.running`` is a set.
+    """
+    return {ws.address: ws.nthreads for ws in sorted(scheduler.running, key=_address)}
+
+
+def _address(ws) -> str:
+    return ws.address
+
+
+def free_to_pin(ts, opted_out: dict) -> bool:
+    """May the plugin pin this task?"""
+    return (
+        ts.state == "released"
+        and ts.run_spec is not None
+        # (a task the scheduler has not given a priority cannot be sent by
+        # us: distributed asserts one when a task goes to a worker)
+        and ts.priority is not None
+        and not ts.actor
+        and not ts.worker_restrictions
+        and not ts.host_restrictions
+        and not ts.resource_restrictions
+        and opted_out.get(ts.key, True) is not False
+        and (ts.annotations or {}).get("autorestrict", True) is not False
+    )
+
+
+def bound_to(ts, held_at: dict) -> list[str] | None:
+    """Where a task we may not pin already is, or is bound to, if one place.
+
+    A root held for admission is bound to the worker whose queue holds it.
+    """
+    if ts.who_has:
+        return [ws.address for ws in ts.who_has]
+    if ts.processing_on is not None:
+        return [ts.processing_on.address]
+    if len(ts.worker_restrictions or ()) == 1 and not ts.loose_restrictions:
+        (addr,) = ts.worker_restrictions
+        if addr != HOLD:
+            return [addr]
+        queue = held_at.get(ts.key)
+        return [queue] if queue is not None else None
+    return None
+
+
+def expected_seconds(prefix, learned: Learned, unknown: float) -> float:
+    """Expected compute seconds of a task of ``prefix`` (a ``TaskPrefix`` or
+    ``None``): learned, else the scheduler's average, else ``unknown``."""
+    if prefix is None:
+        return unknown
+    return learned.expected(prefix.name, fallback(prefix, unknown))
+
+
+def fallback(prefix, unknown: float) -> float:
+    """The scheduler's own expected duration of a ``prefix``'s tasks."""
+    if prefix is not None and prefix.duration_average > 0:
+        return prefix.duration_average
+    return unknown
+
+
+def unknown_duration(scheduler) -> float:
+    """The scheduler's expected duration of a task of a kind never seen."""
+    return float(getattr(scheduler, "UNKNOWN_TASK_DURATION", 0.5))
+
+
+def saturation(scheduler) -> float:
+    """``worker-saturation`` as the scheduler runs it."""
+    s = getattr(scheduler, "WORKER_SATURATION", None)
+    if s is None:
+        s = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
+    return float(s)
+
+
+def fetching(ws) -> int:
+    """Tasks processing on ``ws`` that still wait for an input from another worker.
+
+    They hold no thread, so admission does not count up to a slot's worth
+    of them per slot: a worker that waits for a reduction's partial results
+    keeps computing its own chunks meanwhile, and the transfer is hidden
+    behind that work. Looks at no more than :data:`FETCH_SCAN` tasks.
+    """
+    needs = ws.needs_what
+    n = 0
+    for ts in itertools.islice(ws.processing, FETCH_SCAN):
+        if any(d in needs for d in ts.dependencies):
+            n += 1
+    return n
+
+
+def held_status(tasks, key) -> Status:
+    """What a held root's task is doing, for :func:`autorestrictor.admission.take`."""
+    ts = tasks.get(key)
+    if ts is None or ts.worker_restrictions != {HOLD} or ts.state not in PENDING:
+        return Status.GONE
+    return Status.READY if ts.state == "no-worker" else Status.LATER
+
+
+def output_bytes(ts, learned: Learned) -> float:
+    """Bytes of ``ts``'s output: measured, else its kind's learned average; -1
+    when neither is known."""
+    if ts.nbytes >= 0:
+        return float(ts.nbytes)
+    return learned.size(ts.prefix.name if ts.prefix is not None else None)
+
+
+def pending(tasks, keys: list, addr: str) -> list:
+    """The keys of a unit still pinned by us (to ``addr`` or held) and not yet run."""
+    mine = ({addr}, {HOLD})
+    out = []
+    for k in keys:
+        ts = tasks.get(k)
+        if ts is not None and ts.state in PENDING and ts.worker_restrictions in mine:
+            out.append(k)
+    return out
+
+
+def kinds(tss) -> dict[str, int]:
+    """How many of the task states ``tss`` (``None`` skipped) are of each kind."""
+    return dict(Counter(ts.prefix.name for ts in tss if ts is not None and ts.prefix))
+
+
+def unit_kinds(tasks, u: Unit) -> dict[str, int]:
+    """The kinds of a unit's tasks, counted once and kept on the unit."""
+    if u.kinds is None:
+        u.kinds = kinds(tasks.get(k) for k in u.keys)
+    return u.kinds
+
+
+def fallbacks(scheduler, names: Iterable[str]) -> dict[str, float]:
+    """The scheduler's expected seconds for each kind in ``names``."""
+    prefixes, unknown = scheduler.task_prefixes, unknown_duration(scheduler)
+    return {name: fallback(prefixes.get(name), unknown) for name in names}
+
+
+def seam_inputs(scheduler, addr: str, units: list[Unit], learned: Learned) -> dict:
+    """The arguments of :func:`autorestrictor.elastic.seams` for ``addr``'s
+    movable ``units``: their dependencies, which tasks outside them stay on
+    ``addr`` (started there, or done and kept there), and sizes (measured,
+    else learned; unknown sizes cost nothing). Linear in the units' tasks
+    and their edges."""
+    tasks = scheduler.tasks
+    keys = [u.keys for u in units]
+    inside = {k for ks in keys for k in ks}
+    here = {addr}
+
+    def stays(ts) -> bool:
+        if ts.state == "memory":
+            return any(ws.address == addr for ws in ts.who_has)
+        return ts.worker_restrictions == here or (
+            ts.processing_on is not None and ts.processing_on.address == addr)
+
+    dependencies: dict = {}
+    readers: dict = {}
+    staying: set = set()
+    nbytes: dict = {}
+    for k in inside:
+        ts = tasks.get(k)
+        if ts is None:
+            continue
+        dependencies[k] = [d.key for d in ts.dependencies]
+        nbytes[k] = max(output_bytes(ts, learned), 0.0)
+        for d in ts.dependencies:
+            if d.key not in inside and d.key not in nbytes and stays(d):
+                staying.add(d.key)
+                nbytes[d.key] = max(output_bytes(d, learned), 0.0)
+        n = sum(1 for d in ts.dependents if d.key not in inside and stays(d))
+        if n:
+            readers[k] = n
+    bandwidth = float(getattr(scheduler, "bandwidth", 100e6)) or 100e6
+    return {"units": keys, "dependencies": dependencies, "readers_staying": readers,
+            "stays": staying, "nbytes": nbytes, "bandwidth": bandwidth}

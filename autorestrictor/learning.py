@@ -1,0 +1,158 @@
+"""What finished tasks teach: durations and output sizes per kind, and each worker's pace.
+
+Pure: plain numbers in, plain numbers out; it never imports ``distributed``.
+A task's *kind* is its prefix name (``"sum"``, ``"random_sample"``). The
+plugin feeds :meth:`Learned.observe` from its ``transition`` hook and asks
+the rest when it plans, admits and rebalances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+#: A worker counts as slow only when its tasks take this many times longer
+#: than the same kind of task takes on the other workers: on a shared
+#: machine, CPU-bound tasks on equal workers vary by a third or more from
+#: one worker to the next (in the bench's vorticity, one worker once looked
+#: five times slower for a while), and moving work on that noise costs
+#: transfers for nothing.
+PACE_NOISE = 2.0
+
+#: Tasks of a kind a worker must have finished before its pace on that kind
+#: counts. A run's first tasks pay for imports, page faults and a cold cache.
+PACE_MIN_TASKS = 8
+
+#: A worker's pace on a kind is the mean of about its last this many tasks
+#: of it, so that it follows the worker into cheaper or dearer chunks.
+PACE_WINDOW = 10
+
+#: Durations and sizes per kind are running means over about this many
+#: tasks: they keep following a drift.
+KIND_WINDOW = 100
+
+
+@dataclasses.dataclass
+class Mean:
+    """A running mean over about the last ``window`` values added."""
+
+    value: float = 0.0
+    count: int = 0
+
+    def add(self, x: float, window: int) -> None:
+        self.count += 1
+        self.value += (x - self.value) / min(self.count, window)
+
+
+@dataclasses.dataclass
+class Learned:
+    """Durations and sizes per kind, and each worker's recent pace per kind.
+
+    Examples
+    --------
+    >>> learned = Learned()
+    >>> for _ in range(8):
+    ...     learned.observe("sum", "a", seconds=1.0, nbytes=800)
+    ...     learned.observe("sum", "b", seconds=3.0, nbytes=800)
+    >>> learned.expected("sum", fallback=0.5), learned.sizes()
+    (2.0, {'sum': 800.0})
+    >>> {w: round(x, 2) for w, x in learned.slowdowns(["a", "b"]).items()}
+    {'a': 0.33, 'b': 3.0}
+    """
+
+    duration: dict[str, Mean] = dataclasses.field(default_factory=dict)  # seconds
+    nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)  # output bytes
+    pace: dict[tuple[str, str], Mean] = dataclasses.field(default_factory=dict)
+
+    def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None) -> None:
+        """Learn from one task of ``kind`` that computed for ``seconds`` on ``worker``."""
+        if seconds <= 0:
+            return
+        if isinstance(nbytes, int) and nbytes >= 0:
+            self.nbytes.setdefault(kind, Mean()).add(nbytes, KIND_WINDOW)
+        self.duration.setdefault(kind, Mean()).add(seconds, KIND_WINDOW)
+        self.pace.setdefault((worker, kind), Mean()).add(seconds, PACE_WINDOW)
+
+    def forget_worker(self, worker: str) -> None:
+        for key in [k for k in self.pace if k[0] == worker]:
+            del self.pace[key]
+
+    def sizes(self) -> dict[str, float]:
+        """Learned output bytes per kind."""
+        return {kind: m.value for kind, m in self.nbytes.items()}
+
+    def size(self, kind: str | None) -> float:
+        """Learned output bytes of ``kind``; -1 when not known."""
+        m = self.nbytes.get(kind) if kind is not None else None
+        return m.value if m is not None else -1.0
+
+    def expected(self, kind: str | None, fallback: float) -> float:
+        """Expected compute seconds of a task of ``kind``: learned, else ``fallback``
+        (the scheduler's own average, else its unknown-task duration)."""
+        m = self.duration.get(kind) if kind is not None else None
+        return m.value if m is not None else fallback
+
+    def typical(self, unknown: float) -> float:
+        """A typical task's seconds so far: the mean over kinds (``unknown`` at first)."""
+        if not self.duration:
+            return unknown
+        return sum(m.value for m in self.duration.values()) / len(self.duration)
+
+    def seconds(self, worker: str, kinds: Mapping[str, int], own: bool,
+                fallback: Mapping[str, float]) -> float:
+        """Expected seconds of so many tasks of each kind on ``worker``.
+
+        At the worker's own recent pace per kind if ``own`` (a slow worker)
+        and it has seen :data:`PACE_MIN_TASKS` of that kind, else at the
+        kind's average (``fallback[kind]`` where nothing was learned).
+        """
+        total = 0.0
+        for kind, n in kinds.items():
+            mine = self.pace.get((worker, kind)) if own else None
+            if mine is not None and mine.count >= PACE_MIN_TASKS:
+                total += n * mine.value
+            else:
+                total += n * self.expected(kind, fallback[kind])
+        return total
+
+    def slowdowns(self, workers: Iterable[str]) -> dict[str, float]:
+        """How many times longer each worker's tasks take than the other workers'.
+
+        Per kind, a worker's recent mean against the median of the workers'
+        means (against the other worker's, when there are two); the
+        geometric mean of those ratios, weighted by tasks seen. 1.0 where
+        nothing compares yet. O(pairs of worker and kind seen).
+        """
+        workers = set(workers)
+        by_kind: dict[str, list] = defaultdict(list)
+        for (w, kind), m in self.pace.items():
+            if w in workers and m.count >= PACE_MIN_TASKS and m.value > 0:
+                by_kind[kind].append((w, m.value, min(m.count, KIND_WINDOW)))
+        logs: dict[str, float] = defaultdict(float)
+        weights: dict[str, float] = defaultdict(float)
+        for rows in by_kind.values():
+            if len(rows) < 2:
+                continue
+            middle = _median([r for _, r, _ in rows])
+            for w, recent, seen in rows:
+                if len(rows) == 2:
+                    (other,) = [r for v, r, _ in rows if v != w]
+                else:
+                    other = middle
+                logs[w] += seen * math.log(recent / other)
+                weights[w] += seen
+        return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in workers}
+
+
+def compute_seconds(startstops: Iterable[Mapping] | None) -> float:
+    """Seconds a task spent computing, from a worker's ``startstops``."""
+    return sum(ss["stop"] - ss["start"] for ss in startstops or ()
+               if ss.get("action") == "compute")
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
