@@ -23,6 +23,8 @@ MAX_LINES = 250
 UPSTREAM_PR = "dask/distributed#4864"
 #: Words that point at the project's own history rather than at the user's
 #: cluster: its issue tracker and its earlier runs.
+#: Upstream pull requests, which the documentation may cite.
+DASK_PR = r"dask/(?:dask|distributed)#\d+"
 HISTORY_WORDS = re.compile(
     r"\bissues?\b|\bthis release\b|\bprevious release\b|\bthis session\b", re.IGNORECASE
 )
@@ -53,10 +55,12 @@ def length_problems(text: str, limit: int = MAX_LINES) -> list[str]:
     return [f"README has {n} lines, more than {limit}"] if n > limit else []
 
 
-def history_problems(text: str) -> list[str]:
+def history_problems(text: str, upstream: str = re.escape(UPSTREAM_PR)) -> list[str]:
+    """Issue numbers and words about our own history, line by line; references
+    matching the regular expression ``upstream`` are allowed."""
     problems = []
     for n, line in enumerate(text.splitlines(), 1):
-        for m in ISSUE_NUMBER.finditer(line.replace(UPSTREAM_PR, "")):
+        for m in ISSUE_NUMBER.finditer(re.sub(upstream, "", line)):
             problems.append(f"line {n}: issue reference {m.group()!r}")
         for m in HISTORY_WORDS.finditer(line):
             problems.append(f"line {n}: internal history {m.group()!r}")
@@ -131,6 +135,15 @@ def test_readme_has_no_issue_numbers_or_internal_history(readme):
     assert history_problems(readme) == []
 
 
+@pytest.mark.parametrize(
+    "path", sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    + ["CHANGELOG.md"],
+)
+def test_docs_and_changelog_have_no_issue_numbers_or_internal_history(path):
+    # Dask's own pull requests may be cited there, by their full name.
+    assert history_problems((ROOT / path).read_text(), upstream=DASK_PR) == []
+
+
 def test_config_table_is_the_schema_with_the_yaml_defaults(readme):
     props, _ = _schema_and_defaults()
     assert set(config_table(readme)) == set(props)  # the table was found, whole
@@ -172,6 +185,8 @@ def test_history_check_names_what_it_found(line, found):
 
 def test_history_check_allows_the_upstream_pull_request():
     assert history_problems(f"It began as [{UPSTREAM_PR}](https://github.com).") == []
+    assert history_problems("see dask/distributed#6598") == ["line 1: issue reference '#6598'"]
+    assert history_problems("see dask/distributed#6598", upstream=DASK_PR) == []
 
 
 def _table(rows: dict[str, tuple[str, str]]) -> str:
