@@ -40,25 +40,3 @@ autodoc_typehints = "description"
 # distributed's documentation.
 autodoc_inherit_docstrings = False
 autodoc_default_options = {"members": True}
-
-
-
-def _planner_steps_list(app, what, name, obj, options, lines):
-    """Temporary: planner.py's module docstring numbers its steps "4. and 5."
-    and then "6." with no blank line between, which docutils reads as a list
-    that ends without a blank line (a warning, an error under -W). Insert the
-    blank line here until the docstring is fixed; then delete this hook.
-    """
-    if what != "module" or name != "autorestrictor.planner":
-        return
-    for i in range(len(lines) - 1, 0, -1):
-        if lines[i].startswith("6. ") and lines[i - 1].strip():
-            lines.insert(i, "")
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _planner_steps_list)
-
-
-html_theme = "alabaster"
-html_title = "autorestrictor"
