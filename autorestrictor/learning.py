@@ -125,7 +125,8 @@ class Learned:
         geometric mean of those ratios, weighted by tasks seen. 1.0 where
         nothing compares yet. O(pairs of worker and kind seen).
         """
-        workers = set(workers)
+        order = list(dict.fromkeys(workers))  # (the answer in the order given)
+        workers = set(order)
         by_kind: dict[str, list] = defaultdict(list)
         for (w, kind), m in self.pace.items():
             if w in workers and m.count >= PACE_MIN_TASKS and m.value > 0:
@@ -143,7 +144,7 @@ class Learned:
                     other = middle
                 logs[w] += seen * math.log(recent / other)
                 weights[w] += seen
-        return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in workers}
+        return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in order}
 
 
 def compute_seconds(startstops: Iterable[Mapping] | None) -> float:

@@ -79,7 +79,8 @@ def test_core_does_not_import_the_tools(name):
     assert not imported & {"pandas", "pyarrow", "matplotlib", "bokeh", "psutil", "dask.array"}
 
 
-@pytest.mark.parametrize("name", ["planner", "rebalance", "graph", "datamap", "explanation"])
+@pytest.mark.parametrize("name", ["planner", "rebalance", "graph", "datamap", "explanation",
+                                  "learning", "admission", "elastic", "recovery"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib
