@@ -31,7 +31,7 @@ def maybe_rebalance(scheduler, st: State, force: bool = False) -> bool:
     Returns whether anything moved (the caller then releases held roots).
     """
     opts = st.options
-    if not (opts.rebalance and st.admission and st.runs):
+    if not (opts.rebalance and st.admission and st.has_runs()):
         return False
     now = monotonic()
     if not force and now - st.last_rebalance < opts.rebalance_interval:

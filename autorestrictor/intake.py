@@ -19,10 +19,10 @@ from collections.abc import Hashable, Iterable
 import dask.config
 
 from autorestrictor.admission import Status
-from autorestrictor.compat import is_p2p_barrier
+from autorestrictor.compat import P2PBarrierTask, is_p2p_barrier
 from autorestrictor.learning import Learned
 from autorestrictor.planner import Sizes, estimate_sizes
-from autorestrictor.state import HOLD, PENDING, State, Unit
+from autorestrictor.state import HOLD, PENDING, Batch, State, Unit
 
 logger = logging.getLogger("autorestrictor")
 
@@ -78,11 +78,13 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     skip: list = []
     p2p: list = []  # P2P barriers: P2P places their outputs at run time
     per_prefix: dict = {}  # prefix -> (name, expected seconds), read once
+    barrier = P2PBarrierTask
     for key in graph_order(keys):
         ts = tasks.get(key)
         if ts is None:
             continue
-        dependencies[key] = [dts.key for dts in ts.dependencies]
+        deps = ts.dependencies
+        dependencies[key] = [dts.key for dts in deps] if deps else ()
         prefix = ts.prefix
         known = per_prefix.get(prefix)
         if known is None:
@@ -96,7 +98,9 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
             priority[key] = ts.priority[-1]
         if ts.nbytes >= 0:
             nbytes[key] = ts.nbytes
-        if is_p2p_barrier(ts.key, ts.run_spec):
+        run_spec = ts.run_spec
+        if (isinstance(run_spec, barrier) if barrier is not None
+                else is_p2p_barrier(key, run_spec)):
             p2p.append(key)
         if not free_to_pin(ts, opted_out):
             where = bound_to(ts, held_at)
@@ -104,7 +108,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 who_has[key] = where
             else:
                 skip.append(key)
-        for dts in ts.dependencies:
+        for dts in deps:
             if dts.key in dependencies or dts.key in who_has:
                 continue
             if dts.who_has:
@@ -130,7 +134,8 @@ def busy(state: State, workers: Iterable[str], unknown: float) -> dict[str, floa
     chain whose root has run still has the rest of the chain to run.
     """
     typical = state.learned.typical(unknown)
-    return {a: typical * sum(u.cost for u in state.runs.get(a, ())) for a in workers}
+    pinned = state.pinned_tasks()
+    return {a: typical * pinned.get(a, 0) for a in workers}
 
 
 def graph_order(keys) -> list:
@@ -141,11 +146,14 @@ def graph_order(keys) -> list:
     neighbouring chunks land on one worker and a later graph combining them
     finds them together. Keys that do not compare keep the given order.
     """
+    keys = list(keys)
     try:
+        if len(set(map(type, keys))) == 1:  # (compared directly: no key function)
+            return sorted(keys)
         return sorted(keys, key=_by_type_then_value)
     except TypeError:
         logger.debug("keys that do not compare: planning in the given order")
-        return list(keys)
+        return keys
 
 
 def _by_type_then_value(key):
@@ -180,8 +188,8 @@ def free_to_pin(ts, opted_out: dict) -> bool:
         and not ts.worker_restrictions
         and not ts.host_restrictions
         and not ts.resource_restrictions
-        and opted_out.get(ts.key, True) is not False
-        and (ts.annotations or {}).get("autorestrict", True) is not False
+        and (not opted_out or opted_out.get(ts.key, True) is not False)
+        and (not ts.annotations or ts.annotations.get("autorestrict", True) is not False)
     )
 
 
@@ -272,6 +280,17 @@ def pending(tasks, keys: list, addr: str) -> list:
         if ts is not None and ts.state in PENDING and ts.worker_restrictions in mine:
             out.append(k)
     return out
+
+
+def batch_pending(tasks, batch: Batch) -> bool:
+    """Has any task of a plan's unbuilt units not run yet (pinned by us, to its
+    worker or held)?"""
+    pins = [({a}, {HOLD}) for a in batch.workers]
+    for k, w in zip(batch.keys, batch.worker_of.tolist()):
+        ts = tasks.get(k)
+        if ts is not None and ts.state in PENDING and ts.worker_restrictions in pins[w]:
+            return True
+    return False
 
 
 def kinds(tss) -> dict[str, int]:

@@ -42,7 +42,8 @@ def rehome(scheduler, st: State, worker: str, stimulus_id: str, why: str) -> boo
     for u in live:
         pieces[u.piece].append(u)
     cost = {p: sum(u.cost for u in us) for p, us in pieces.items()}
-    load = {ws.address: sum(u.cost for u in st.runs.get(ws.address, ())) for ws in running}
+    pinned = st.pinned_tasks()
+    load = {ws.address: float(pinned.get(ws.address, 0)) for ws in running}
     where = recovery.place_pieces(cost, load, {ws.address: ws.nthreads for ws in running})
     recs: dict = {}
     for piece in sorted(pieces, key=lambda p: -cost[p]):
@@ -63,7 +64,7 @@ def sweep(scheduler, st: State) -> bool:
     Nothing should be left this way; this catches what a failed hook left.
     """
     moved = False
-    for addr in [a for a in (st.runs.keys() | st.queues.held.keys())
+    for addr in [a for a in (st.run_workers() | st.queues.held.keys())
                  if a not in scheduler.workers]:
         moved |= rehome(scheduler, st, addr, f"autorestrictor-sweep-{time()}",
                         f"worker {addr} is gone")
@@ -89,7 +90,7 @@ def check_unavailable(scheduler, st: State) -> bool:
         wait = min(wait, limit / 2)
     now = monotonic()
     moved = False
-    for addr in list(st.runs.keys() | st.queues.held.keys()):
+    for addr in list(st.run_workers() | st.queues.held.keys()):
         ws = scheduler.workers.get(addr)
         if ws is None or ws in scheduler.running:
             st.unavailable.pop(addr, None)
@@ -115,7 +116,18 @@ def prune(scheduler, st: State) -> None:
     recomputed, Dask places it freely instead of waiting for a worker that
     may be gone.
     """
-    tasks, runs = scheduler.tasks, st.runs
+    tasks, runs = scheduler.tasks, st.built
+    live_batches = []
+    for b in st.batches:  # a plan whose units were never built, as a whole
+        if intake.batch_pending(tasks, b):
+            live_batches.append(b)
+            continue
+        per_worker: list[list] = [[] for _ in b.workers]
+        for k, w in zip(b.keys, b.worker_of.tolist()):
+            per_worker[w].append(k)
+        for addr, keys in zip(b.workers, per_worker):
+            actions.clear_done(scheduler, keys, addr)
+    st.batches[:] = live_batches
     for addr in list(runs):
         live = []
         for u in runs[addr]:

@@ -19,18 +19,17 @@ import dataclasses
 import gc
 import logging
 import math
-from collections import defaultdict
 from time import perf_counter
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from autorestrictor import actions, admission, balancing, elastic, intake, membership, records
+from autorestrictor import actions, admission, balancing, intake, membership, records
 from autorestrictor.config import Options
 from autorestrictor.learning import compute_seconds
 from autorestrictor.planner import Plan, plan
-from autorestrictor.state import NAME, State, Unit, by_priority
+from autorestrictor.state import NAME, Batch, State, Unit
 
 logger = logging.getLogger("autorestrictor")
 
@@ -168,9 +167,10 @@ class AutoRestrictor(SchedulerPlugin):
         start = perf_counter()
         st = self.state
         st.n_plans += 1
+        timing: dict[str, float] = {}  # seconds of each part, in the plan's record
         with _collections_postponed():
             try:
-                p = self._plan(tasks, annotations)
+                p = self._plan(tasks, annotations, timing)
             except Exception as e:  # the planner must never break a computation
                 records.plan_record(scheduler, st, {
                     "n_tasks": len(tasks), "reason": f"planning failed: {e!r}"},
@@ -181,46 +181,44 @@ class AutoRestrictor(SchedulerPlugin):
                 records.plan_record(scheduler, st, p.summary(), start, level=level)
                 return
             try:
-                self._apply(p)
+                self._apply(p, timing)
             except Exception as e:
                 records.plan_record(scheduler, st, {
                     **p.summary(), "reason": f"applying failed: {e!r}"},
                     start, level=logging.WARNING, exc_info=e)
                 return
-            records.plan_record(scheduler, st, p.summary(), start)
+            records.plan_record(scheduler, st, {**p.summary(), **timing}, start)
             st.last_plan, st.last_plan_id = p, st.n_plans
 
-    def _plan(self, keys: list, annotations: dict) -> Plan:
+    def _plan(self, keys: list, annotations: dict, timing: dict) -> Plan:
+        t0 = perf_counter()
         inputs = intake.read_graph(self.scheduler, keys, annotations, self.state)
+        timing["read_s"] = perf_counter() - t0
         p = plan(**inputs.plan_kwargs(), **dataclasses.asdict(self.options))
         return dataclasses.replace(p, sizes=inputs.sizes.counts())
 
-    def _apply(self, p: Plan) -> None:
+    def _apply(self, p: Plan, timing: dict) -> None:
         """Pin the plan (all or nothing), queue its roots, and record its units.
 
         The first roots are released on the next tick of the event loop,
         once the scheduler has moved them to ``no-worker``.
         """
         st = self.state
+        t0 = perf_counter()
         held = actions.pin_plan(self.scheduler, p.keys, p.worker_of.tolist(), p.workers,
                                 st.admission)
-        for w, ts in held:
-            st.queues.hold(p.workers[w], ts.priority, ts.key)
+        st.queues.hold_many((p.workers[w], ts.priority, ts.key) for w, ts in held)
+        t1 = perf_counter()
+        timing["pin_s"] = t1 - t0
         # Forget finished units before adding this plan's, which are all
         # pending: pruning them too would walk the new graph a second time.
         membership.prune(self.scheduler, st)
-        tasks, keys = self.scheduler.tasks, p.keys
-        piece_of = p.piece_of.tolist()
-        base = st.n_pieces
-        st.n_pieces += max(piece_of, default=-1) + 1
-        new: dict[str, list[Unit]] = defaultdict(list)
-        for w, head, members in elastic.units_of(p.units, p.worker_of):
-            unit = Unit([keys[i] for i in members], base + piece_of[head],
-                        tasks[keys[head]].priority)
-            new[p.workers[w]].append(unit)
-        for addr, units in new.items():
-            units.sort(key=by_priority)
-            st.runs[addr].extend(units)
+        # The units are built when first needed (a rebalance, a worker that
+        # leaves, the dashboard): most graphs never need them.
+        st.batches.append(Batch(self.scheduler.tasks, p.keys, p.units, p.worker_of, p.piece_of,
+                                st.n_pieces, p.workers))
+        st.n_pieces += int(p.piece_of.max(initial=-1)) + 1
+        timing["units_s"] = perf_counter() - t1
         if held:
             self._schedule_release()
 
@@ -240,7 +238,7 @@ class AutoRestrictor(SchedulerPlugin):
             except Exception as e:
                 self._fault("transition", e)
         # A task leaving "processing" frees a slot on its worker.
-        if st.queues.held or st.runs:
+        if st.queues.held or st.has_runs():
             self._schedule_release()
 
     def _learn(self, key, kwargs: dict) -> None:
@@ -315,7 +313,7 @@ class AutoRestrictor(SchedulerPlugin):
     def add_worker(self, scheduler, worker: str) -> None:
         """A joining worker is an idle worker: it takes the far end of the busiest runs."""
         self._attach(scheduler)
-        if not self.state.runs:
+        if not self.state.has_runs():
             return
         try:
             membership.prune(scheduler, self.state)

@@ -15,9 +15,12 @@ import dataclasses
 import heapq
 import math
 from collections import defaultdict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
+
+from autorestrictor.elastic import units_of
 from autorestrictor.learning import Learned
 
 if TYPE_CHECKING:
@@ -94,6 +97,22 @@ class Queues:
         heapq.heappush(self.held[addr], Held(priority or (), self.seq, key))
         self.held_at[key] = addr
 
+    def hold_many(self, entries: Iterable[tuple[str, tuple | None, Key]]) -> None:
+        """Queue many ``(addr, priority, key)`` at once, as :meth:`hold` would one
+        by one: a heap is built once per worker, in linear time."""
+        new: dict[str, list[Held]] = defaultdict(list)
+        held_at = self.held_at
+        seq = self.seq
+        for addr, priority, key in entries:
+            seq += 1
+            new[addr].append(Held(priority or (), seq, key))
+            held_at[key] = addr
+        self.seq = seq
+        for addr, items in new.items():
+            heap = self.held[addr]
+            heap.extend(items)
+            heapq.heapify(heap)
+
     def owner(self, key: Key) -> str | None:
         return self.held_at.get(key)
 
@@ -111,11 +130,49 @@ class Queues:
 
 
 @dataclasses.dataclass
+class Batch:
+    """A plan's units before they are built as :class:`Unit` objects.
+
+    Building a unit per chain costs an object or two per task on the
+    scheduler's event loop, and only the rebalancer, re-homing and the
+    dashboard read them: a plan's units are recorded as its arrays and
+    built the first time one of those asks (:attr:`State.runs`).
+    """
+
+    tasks: Any  # the scheduler's ``tasks`` (for each unit's priority)
+    keys: list
+    units: Any  # Plan.units: position of each task's unit's first task
+    worker_of: Any  # Plan.worker_of
+    piece_of: Any  # Plan.piece_of
+    base: int  # the first piece number of this plan
+    workers: list[str]
+
+    def per_worker(self) -> dict[str, int]:
+        """Pinned tasks per worker."""
+        counts = np.bincount(self.worker_of, minlength=len(self.workers)).tolist()
+        return {a: n for a, n in zip(self.workers, counts) if n}
+
+    def build(self) -> dict[str, list[Unit]]:
+        """Each worker's units, in priority order. One pass over plain lists."""
+        keys, tasks = self.keys, self.tasks
+        piece_of = self.piece_of.tolist()
+        new: dict[str, list[Unit]] = defaultdict(list)
+        for w, head, members in units_of(self.units, self.worker_of):
+            unit = Unit([keys[i] for i in members], self.base + piece_of[head],
+                        tasks[keys[head]].priority if keys[head] in tasks else ())
+            new[self.workers[w]].append(unit)
+        for units in new.values():
+            units.sort(key=by_priority)
+        return new
+
+
+@dataclasses.dataclass
 class State:
     """Everything the plugin keeps between hooks; any instance of the plugin adopts it."""
 
     options: Options
-    runs: dict[str, list[Unit]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    built: dict[str, list[Unit]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    batches: list[Batch] = dataclasses.field(default_factory=list)  # not built yet
     queues: Queues = dataclasses.field(default_factory=Queues)
     learned: Learned = dataclasses.field(default_factory=Learned)
     slow: set[str] = dataclasses.field(default_factory=set)  # until their run is done
@@ -139,8 +196,36 @@ class State:
         self.history = deque(self.history, maxlen=options.history)
         self.moves = deque(self.moves, maxlen=options.history)
 
+    @property
+    def runs(self) -> dict[str, list[Unit]]:
+        """worker -> its pinned units, in run order (builds recorded batches)."""
+        for batch in self.batches:
+            for addr, units in batch.build().items():
+                self.built[addr].extend(units)
+        self.batches.clear()
+        return self.built
+
+    def has_runs(self) -> bool:
+        return bool(self.built) or bool(self.batches)
+
+    def run_workers(self) -> set[str]:
+        """Workers with pinned units, without building any."""
+        out = set(self.built)
+        for b in self.batches:
+            out.update(b.per_worker())
+        return out
+
+    def pinned_tasks(self) -> dict[str, int]:
+        """Pinned tasks (of units not yet forgotten) per worker, without building any."""
+        out = {a: sum(len(u.keys) for u in units) for a, units in self.built.items()}
+        for b in self.batches:
+            for a, n in b.per_worker().items():
+                out[a] = out.get(a, 0) + n
+        return out
+
     def forget_pins(self) -> None:
-        self.runs.clear()
+        self.built.clear()
+        self.batches.clear()
         self.queues.clear()
 
 

@@ -1,0 +1,59 @@
+"""The plugin's work in ``update_graph`` grows with the new graph only.
+
+Time is not asserted (the machine is shared); Python-level calls are. A
+step that scans every held root, every pinned unit or every worker for
+each new task shows up as calls per task that grow with the graph and with
+what earlier graphs left pinned.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+
+import dask.array as da
+from distributed import Event
+from distributed.utils_test import async_poll_for, gen_cluster
+
+from autorestrictor import AutoRestrictor
+
+SMALL = {"autorestrictor.min-tasks": 1}
+
+
+def _blocked(block, ev):
+    ev.wait()
+    return block
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL, timeout=120)
+async def test_calls_per_task_do_not_grow_with_the_graph(c, s, a, b):
+    await c.register_plugin(AutoRestrictor())
+    plugin = s.plugins["autorestrictor"]
+    hook = plugin.update_graph
+    calls: list[tuple[int, int]] = []  # (tasks, Python-level calls) per graph
+
+    def counted(*args, **kwargs):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            prof.disable()
+            calls.append((len(kwargs["tasks"]), pstats.Stats(prof).total_calls))
+
+    plugin.update_graph = counted
+    ev = Event()
+    futures = []
+    for n in (200, 800, 3200):  # each submitted while the earlier ones wait, held
+        x = da.ones((10, n), chunks=(10, 1)).map_blocks(_blocked, ev, dtype=float)
+        futures.append(c.compute(x.sum(axis=1)))
+        await async_poll_for(lambda n=n: len(plugin.history) == len(futures), timeout=30)
+        assert plugin.history[-1]["reason"] is None, plugin.history[-1]
+    assert sum(map(len, plugin.held.values())) > 3000, "the last graph met many held roots"
+    per_task = [n_calls / n for n, n_calls in calls]
+    # A fixed cost per graph makes small graphs dearer per task; a scan of
+    # what is already pinned, per new task, would make the last one dearest.
+    assert per_task[2] <= 1.1 * per_task[0], per_task
+    assert per_task[2] <= 1.1 * per_task[1], per_task
+    await ev.set()
+    await c.gather(futures)
