@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 
 import dask
@@ -13,6 +12,7 @@ import pytest
 from bokeh.document import Document
 from distributed import Event
 from distributed.utils_test import async_poll_for, captured_logger, gen_cluster
+from helpers import browser_missing, requires, wait_for
 from tornado.httpclient import AsyncHTTPClient
 
 from autorestrictor import AutoRestrictor
@@ -208,6 +208,7 @@ async def test_no_dashboard_no_page(c, s, a, b):
 def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
     """A process cluster, a run held at a known point, the page in headless
     Chromium: the per-worker counts the browser holds are the scheduler's."""
+    requires("the system's headless Chromium", browser_missing())
     from distributed import Client, LocalCluster
 
     from autorestrictor.tools.screenshots import (
@@ -217,7 +218,7 @@ def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
         wait_rendered,
     )
 
-    driver = chromium(tmp_path / "profile")  # a missing browser fails here, loudly
+    driver = chromium(tmp_path / "profile")
     try:
         with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, memory_limit=0,
                           dashboard_address=":0") as cluster, Client(cluster) as client:
@@ -229,7 +230,8 @@ def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
             assert source_data(driver, "autorestrictor-plans")["id"] == []
             ev = Event()
             futures = client.compute(held_graph(ev))
-            _wait_for(lambda: client.run_on_scheduler(scheduler_counts)["still"])
+            wait_for(lambda: client.run_on_scheduler(scheduler_counts)["still"],
+                     what="the run to hold still")
             driver.get(url)
             wait_rendered(driver)
 
@@ -240,7 +242,8 @@ def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
                 assert before == after and before["still"], "the run moved during the check"
                 return shown is not None and page_counts(shown) == before["counts"]
 
-            _wait_for(same, timeout=10)  # the page updates once a second
+            # the page updates once a second
+            wait_for(same, timeout=10, what="the page to show the scheduler's counts")
             shown = page_counts(source_data(driver, "autorestrictor-workers"))
             assert len(shown) == 3 and sum(c["held"] for c in shown.values()) == 18
             words = model_text(driver, "autorestrictor-words")
@@ -254,10 +257,3 @@ def test_page_in_a_browser_shows_the_schedulers_counts(tmp_path):
                 list(range(24)) + [i + 1 for i in range(24)])
     finally:
         driver.quit()
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)

@@ -20,26 +20,17 @@ from distributed.utils_test import (
     gen_cluster,
     inc,
 )
+from helpers import SMALL, blocked_reduction, pinned, slow_block
 from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
 from autorestrictor.plugin import HOLD
 
-SMALL = {"autorestrictor.min-tasks": 1}
-
 
 def seed_like(n_chunks=40, rows=1000):
     """The seed's example, small: a column-chunked array summed over columns."""
     return da.ones((rows, n_chunks), chunks=(rows, 1)).sum(axis=1)
-
-
-def pinned(s):
-    """Tasks the plugin pinned, by worker."""
-    out = Counter()
-    for addr, units in s.plugins["autorestrictor"].runs.items():
-        out[addr] += sum(len(u.keys) for u in units)
-    return out
 
 
 def transfers(workers):
@@ -251,22 +242,6 @@ async def test_disabled_plugin_does_nothing(c, s, a, b):
     await c.compute(seed_like(n_chunks=20))
     assert not any(ts.worker_restrictions for ts in s.tasks.values())
     assert not s.plugins["autorestrictor"].history
-
-
-def slow_block(x, ev):
-    ev.wait()
-    return x
-
-
-async def blocked_reduction(c, s, n_chunks):
-    """Install the plugin and start a pinned reduction whose chunks wait for
-    an Event. Returns ``(event, future)`` once the plan is applied."""
-    await c.register_plugin(AutoRestrictor())
-    ev = Event()
-    x = da.ones((100, n_chunks), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: s.plugins["autorestrictor"].runs, timeout=5)
-    return ev, fut
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
