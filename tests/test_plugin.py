@@ -267,14 +267,24 @@ async def test_new_worker_takes_unstarted_pieces(c, s, a, b):
 
 
 async def _many_graphs(c, s, n):
+    """``n`` graphs one after the other, each pinned: the plugin's state after
+    the last ones is no larger than after the first ten."""
     await c.register_plugin(AutoRestrictor(history=10))
     p = s.plugins["autorestrictor"]
     sizes = []
     for i in range(n):
-        await c.compute(da.ones((10, 8), chunks=(10, 1)).sum(axis=1) + i)
+        # New keys throughout (da.full of i): each graph is planned and pinned.
+        # (``ones(...).sum() + i`` shared its sum with the previous graph, still
+        # in memory: only the first graph was pinned, so the sizes never moved.)
+        await c.compute(da.full((10, 8), i, chunks=(10, 1)).sum(axis=1))
+        plan = p.history[-1]
+        assert plan["id"] == i + 1 and plan["reason"] is None and plan["n_pinned"] > 0, plan
         sizes.append((sum(map(len, p.runs.values())), len(p.held), len(p.state.held_at)))
-    for i, name in enumerate(("pinned tasks", "held queues", "held roots")):
-        assert max(size[i] for size in sizes[1:]) <= sizes[0][i], (name, sizes)
+    assert sizes[0][0] > 0, "the pins are seen"
+    early = sizes[:10]
+    for i, name in enumerate(("pinned units", "held queues", "held roots")):
+        assert max(size[i] for size in sizes[10:]) <= max(size[i] for size in early), (
+            name, sizes)
     assert len(p.history) == 10
 
 
