@@ -376,7 +376,9 @@ def test_random_dags_compute_the_same_with_the_plugin(seed):
         terminals, expected = _random_delayed(seed)
         results = await c.gather(c.compute(terminals))
         assert tuple(results) == expected
-        assert s.plugins["autorestrictor"].history
+        # with the plugin: the graph was planned and pinned, not declined
+        plans = list(s.plugins["autorestrictor"].history)
+        assert len(plans) == 1 and plans[0]["reason"] is None and plans[0]["n_pinned"] > 0, plans
 
     run()
 
@@ -509,6 +511,7 @@ async def test_p2p_shuffle_is_left_to_p2p(c, s, *workers):
     barriers = [ts for ts in s.tasks.values() if str(ts.key).startswith("shuffle-barrier-")]
     assert barriers, "the loop must see P2P's barrier"
     ours = {k for units in s._autorestrictor.runs.values() for u in units for k in u.keys}
+    assert ours, "the partitions were pinned"
     for ts in barriers:  # P2P reads the barrier's pins to choose its workers
         assert ts.key not in ours and not {d.key for d in ts.dependents} & ours
     result = await fut
@@ -603,6 +606,7 @@ async def test_a_large_argument_shared_by_a_map(c, s, a, b):
     await async_poll_for(lambda: s.plugins["autorestrictor"].history, timeout=5)
     unprioritised = [ts for ts in s.tasks.values() if ts.priority is None]
     assert unprioritised, "the loop must see the task without a priority"
+    assert s.plugins["autorestrictor"].history[-1]["n_pinned"] > 0, "the map was planned"
     assert not any(ts.worker_restrictions for ts in unprioritised)
     s.plugins["autorestrictor"]._release_all()
     faults = [e for _, e in s.get_events("autorestrictor") if e["action"] == "fault"]
