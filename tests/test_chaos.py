@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
-from distributed.core import Status
+from helpers import pause_worker, resume_worker, wait_for
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
@@ -38,14 +38,6 @@ def _transitions(dask_scheduler=None):
 ACTIONS = ("kill", "register-again", "unregister", "pause")
 
 
-def _pause(dask_worker):
-    dask_worker.status = Status.paused
-
-
-def _resume(dask_worker):
-    dask_worker.status = Status.running
-
-
 def _inject(client, rng: random.Random, action: str) -> None:
     if action == "kill":
         victim = rng.choice(sorted(client.run(os.getpid).values()))
@@ -58,8 +50,8 @@ def _inject(client, rng: random.Random, action: str) -> None:
         client.unregister_scheduler_plugin("autorestrictor")
     else:  # pause a worker for a second, then let it resume
         victim = rng.choice(sorted(client.scheduler_info()["workers"]))
-        client.run(_pause, workers=[victim])
-        timer = threading.Timer(1.0, client.run, (_resume,), {"workers": [victim]})
+        client.run(pause_worker, workers=[victim])
+        timer = threading.Timer(1.0, client.run, (resume_worker,), {"workers": [victim]})
         timer.start()
 
 
@@ -84,10 +76,8 @@ def chaos_once(seed: int, action: str | None = None) -> None:
         # A random moment: after a random number of scheduler transitions (the
         # graph makes about 700). Polling, because the moment is the point.
         goal = start + rng.randint(20, 350)
-        deadline = time.monotonic() + 60
-        while client.run_on_scheduler(_transitions) < goal:
-            assert time.monotonic() < deadline, "the computation made no progress"
-            time.sleep(0.01)
+        wait_for(lambda: client.run_on_scheduler(_transitions) >= goal, timeout=60,
+                 what="the computation to make progress", interval=0.01)
         assert not fut.done(), "the chaos must land during the computation"
         _inject(client, rng, action)
         injected = time.monotonic()

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from dask.utils import key_split
 from distributed import Client, LocalCluster, get_task_stream
-from distributed.core import Status
+from helpers import pause_worker, resume_worker, wait_for
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
 from autorestrictor.state import HOLD
 
 
-def _run(plugin: str | None):
+def _seed_run(plugin: str | None):
     kwargs = {}
     if plugin == "preload":
         kwargs["scheduler_kwargs"] = {"preload": ["autorestrictor"]}
@@ -37,9 +37,9 @@ def _run(plugin: str | None):
 
 
 def test_seed_example_moves_ten_times_fewer_bytes():
-    base, moved_default, _ = _run(None)
+    base, moved_default, _ = _seed_run(None)
     for how in ("register", "preload"):
-        result, moved, plans = _run(how)
+        result, moved, plans = _seed_run(how)
         np.testing.assert_allclose(result, base, rtol=1e-12)
         assert plans and plans[-1]["reason"] is None, plans
         assert moved * 10 <= moved_default, (how, moved, moved_default)
@@ -69,20 +69,13 @@ def _cluster(**kwargs):
     )
 
 
-def _wait_for(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("action", ["register-again", "unregister"])
 def test_plugin_registered_again_or_removed_mid_run(action):
     graph, expected = _reduction()
     with _cluster() as cluster, Client(cluster) as client:
         client.register_plugin(AutoRestrictor())
         fut = client.compute(graph)
-        _wait_for(lambda: client.run_on_scheduler(_held) > 0)
+        wait_for(lambda: client.run_on_scheduler(_held) > 0, what="held roots", interval=0.02)
         if action == "register-again":
             with pytest.warns(UserWarning, match="overwriting"):
                 client.register_plugin(AutoRestrictor())
@@ -93,28 +86,20 @@ def test_plugin_registered_again_or_removed_mid_run(action):
         assert client.run_on_scheduler(_held) == 0
 
 
-def _pause(dask_worker):
-    dask_worker.status = Status.paused
-
-
-def _resume(dask_worker):
-    dask_worker.status = Status.running
-
-
 def test_paused_worker_hands_its_units_over():
     graph, expected = _reduction()
     config = {"distributed.worker.memory.pause": False, "autorestrictor.paused-timeout": 0.3}
     with dask.config.set(config), _cluster() as cluster, Client(cluster) as client:
         client.register_plugin(AutoRestrictor())
         fut = client.compute(graph)
-        _wait_for(lambda: client.run_on_scheduler(_held) > 0)
+        wait_for(lambda: client.run_on_scheduler(_held) > 0, what="held roots", interval=0.02)
         first, second = sorted(client.scheduler_info()["workers"])
-        client.run(_pause, workers=[first])
+        client.run(pause_worker, workers=[first])
         # the result arrives while the worker is still paused
         np.testing.assert_array_equal(fut.result(timeout=60), expected)
         events = [e for _, e in client.get_events("autorestrictor") if e["action"] == "rehomed"]
         assert events and events[-1]["worker"] == first and "paused" in events[-1]["why"]
-        client.run(_resume, workers=[first])
+        client.run(resume_worker, workers=[first])
 
 
 def _p2p_outputs(stream, prefix: str) -> set:

@@ -15,41 +15,18 @@ import pytest
 from distributed import Event, Worker, get_task_stream, get_worker, wait
 from distributed.core import Status
 from distributed.utils_test import async_poll_for, gen_cluster, inc
+from helpers import SMALL, blocked_reduction, pinned, slow_block
 
 import autorestrictor
 from autorestrictor import AutoRestrictor, balancing, elastic, intake, membership
 from autorestrictor.learning import Mean
 from autorestrictor.state import HOLD
 
-SMALL = {"autorestrictor.min-tasks": 1}
-
-
-def pinned(s):
-    """Tasks the plugin pinned, by worker."""
-    out = {}
-    for addr, units in s._autorestrictor.runs.items():
-        out[addr] = out.get(addr, 0) + sum(len(u.keys) for u in units)
-    return out
-
 
 def _paced(block, slow, fast_s=0.005, slow_s=0.05):
     """Wait a little, ten times longer on the worker ``slow``."""
     time.sleep(slow_s if get_worker().address == slow else fast_s)
     return block
-
-
-def _blocked(block, ev):
-    ev.wait()
-    return block
-
-
-async def blocked_reduction(c, s, n_chunks, **options):
-    await c.register_plugin(AutoRestrictor(**options))
-    ev = Event()
-    x = da.ones((100, n_chunks), chunks=(100, 1)).map_blocks(_blocked, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: getattr(s, "_autorestrictor", None) and pinned(s), timeout=5)
-    return ev, fut
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
@@ -168,7 +145,7 @@ async def test_joining_worker_takes_a_fair_share_of_what_remains(c, s, a, b):
 
 
 def _chain(i, n, ev):
-    x = dask.delayed(_blocked)(i, ev)
+    x = dask.delayed(slow_block)(i, ev)
     for _ in range(n - 1):
         x = dask.delayed(inc)(x)
     return x

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from distributed import Event
 from distributed.utils_test import async_poll_for, gen_cluster
+from helpers import slow_block
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
@@ -85,7 +86,7 @@ class _AsyncClientView:
 async def test_explain_on_delayed_and_raw_graphs_matches_the_plugin(c, s, *workers):
     await c.register_plugin(AutoRestrictor(min_tasks=10))
     ev = Event()
-    parts = [dask.delayed(_wait_then, pure=True)(i, ev) for i in range(60)]
+    parts = [dask.delayed(slow_block, pure=True)(i, ev) for i in range(60)]
     total = dask.delayed(sum)([dask.delayed(_double)(p) for p in parts])
     e = await _explain_async(c, total)
     assert e.map.kind == "runs" and e.reason is None
@@ -102,11 +103,6 @@ async def test_explain_on_delayed_and_raw_graphs_matches_the_plugin(c, s, *worke
     e = await _explain_async(c, dsk)
     assert e.map.kind == "chunks" and e.map.shape == (30,)
     assert len(e.assignment) == 60
-
-
-def _wait_then(i, ev):
-    ev.wait()
-    return i
 
 
 def _double(x):

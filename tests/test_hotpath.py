@@ -14,15 +14,9 @@ import pstats
 import dask.array as da
 from distributed import Event
 from distributed.utils_test import async_poll_for, gen_cluster
+from helpers import SMALL, slow_block
 
 from autorestrictor import AutoRestrictor
-
-SMALL = {"autorestrictor.min-tasks": 1}
-
-
-def _blocked(block, ev):
-    ev.wait()
-    return block
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL, timeout=120)
@@ -45,7 +39,7 @@ async def test_calls_per_task_do_not_grow_with_the_graph(c, s, a, b):
     ev = Event()
     futures = []
     for n in (200, 800, 3200):  # each submitted while the earlier ones wait, held
-        x = da.ones((10, n), chunks=(10, 1)).map_blocks(_blocked, ev, dtype=float)
+        x = da.ones((10, n), chunks=(10, 1)).map_blocks(slow_block, ev, dtype=float)
         futures.append(c.compute(x.sum(axis=1)))
         await async_poll_for(lambda n=n: len(plugin.history) == len(futures), timeout=30)
         assert plugin.history[-1]["reason"] is None, plugin.history[-1]

@@ -390,10 +390,12 @@ def test_random_dags_are_balanced(seed, n_workers):
     workers = {f"w{i}": 1 for i in range(n_workers)}
     p = plan(deps, workers, min_tasks=1)
     check_plan(p, deps, workers)
-    if p.applied:
-        share = p.n_pinned / n_workers
-        biggest_piece = max(Counter(p.piece_of.tolist()).values())
-        assert max(p.load.values()) <= 1.3 * share + biggest_piece
+    # every such graph is planned (2,100 of 2,100 tried); a declined one
+    # would have no load to check
+    assert p.applied, p.reason
+    share = p.n_pinned / n_workers
+    biggest_piece = max(Counter(p.piece_of.tolist()).values())
+    assert max(p.load.values()) <= 1.3 * share + biggest_piece
 
 
 def test_split_group_whose_roots_are_all_in_memory():

@@ -21,26 +21,17 @@ from distributed.utils_test import (
     gen_cluster,
     inc,
 )
+from helpers import SMALL, blocked_reduction, pinned, slow_block
 from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
 from autorestrictor import AutoRestrictor, actions, admission, intake
 from autorestrictor.state import HOLD
 
-SMALL = {"autorestrictor.min-tasks": 1}
-
 
 def seed_like(n_chunks=40, rows=1000):
     """The seed's example, small: a column-chunked array summed over columns."""
     return da.ones((rows, n_chunks), chunks=(rows, 1)).sum(axis=1)
-
-
-def pinned(s):
-    """Tasks the plugin pinned, by worker."""
-    out = Counter()
-    for addr, units in s.plugins["autorestrictor"].runs.items():
-        out[addr] += sum(len(u.keys) for u in units)
-    return out
 
 
 def transfers(workers):
@@ -246,22 +237,6 @@ async def test_disabled_plugin_does_nothing(c, s, a, b):
     assert not s.plugins["autorestrictor"].history
 
 
-def slow_block(x, ev):
-    ev.wait()
-    return x
-
-
-async def blocked_reduction(c, s, n_chunks):
-    """Install the plugin and start a pinned reduction whose chunks wait for
-    an Event. Returns ``(event, future)`` once the plan is applied."""
-    await c.register_plugin(AutoRestrictor())
-    ev = Event()
-    x = da.ones((100, n_chunks), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
-    fut = c.compute(x.sum(axis=1))
-    await async_poll_for(lambda: s.plugins["autorestrictor"].runs, timeout=5)
-    return ev, fut
-
-
 @gen_cluster(client=True, nthreads=[("", 1)] * 3, config=SMALL)
 async def test_worker_leaving_never_strands_pinned_tasks(c, s, a, b, w3):
     ev, fut = await blocked_reduction(c, s, 30)
@@ -285,14 +260,24 @@ async def test_new_worker_takes_unstarted_pieces(c, s, a, b):
 
 
 async def _many_graphs(c, s, n):
+    """``n`` graphs one after the other, each pinned: the plugin's state after
+    the last ones is no larger than after the first ten."""
     await c.register_plugin(AutoRestrictor(history=10))
     p = s.plugins["autorestrictor"]
     sizes = []
     for i in range(n):
-        await c.compute(da.ones((10, 8), chunks=(10, 1)).sum(axis=1) + i)
+        # New keys throughout (da.full of i): each graph is planned and pinned.
+        # (``ones(...).sum() + i`` shared its sum with the previous graph, still
+        # in memory: only the first graph was pinned, so the sizes never moved.)
+        await c.compute(da.full((10, 8), i, chunks=(10, 1)).sum(axis=1))
+        plan = p.history[-1]
+        assert plan["id"] == i + 1 and plan["reason"] is None and plan["n_pinned"] > 0, plan
         sizes.append((sum(map(len, p.runs.values())), len(p.held), len(p.state.queues.held_at)))
-    for i, name in enumerate(("pinned tasks", "held queues", "held roots")):
-        assert max(size[i] for size in sizes[1:]) <= sizes[0][i], (name, sizes)
+    assert sizes[0][0] > 0, "the pins are seen"
+    early = sizes[:10]
+    for i, name in enumerate(("pinned units", "held queues", "held roots")):
+        assert max(size[i] for size in sizes[10:]) <= max(size[i] for size in early), (
+            name, sizes)
     assert len(p.history) == 10
 
 
@@ -384,7 +369,9 @@ def test_random_dags_compute_the_same_with_the_plugin(seed):
         terminals, expected = _random_delayed(seed)
         results = await c.gather(c.compute(terminals))
         assert tuple(results) == expected
-        assert s.plugins["autorestrictor"].history
+        # with the plugin: the graph was planned and pinned, not declined
+        plans = list(s.plugins["autorestrictor"].history)
+        assert len(plans) == 1 and plans[0]["reason"] is None and plans[0]["n_pinned"] > 0, plans
 
     run()
 
@@ -517,6 +504,7 @@ async def test_p2p_shuffle_is_left_to_p2p(c, s, *workers):
     barriers = [ts for ts in s.tasks.values() if str(ts.key).startswith("shuffle-barrier-")]
     assert barriers, "the loop must see P2P's barrier"
     ours = {k for units in s._autorestrictor.runs.values() for u in units for k in u.keys}
+    assert ours, "the partitions were pinned"
     for ts in barriers:  # P2P reads the barrier's pins to choose its workers
         assert ts.key not in ours and not {d.key for d in ts.dependents} & ours
     result = await fut
@@ -611,6 +599,7 @@ async def test_a_large_argument_shared_by_a_map(c, s, a, b):
     await async_poll_for(lambda: s.plugins["autorestrictor"].history, timeout=5)
     unprioritised = [ts for ts in s.tasks.values() if ts.priority is None]
     assert unprioritised, "the loop must see the task without a priority"
+    assert s.plugins["autorestrictor"].history[-1]["n_pinned"] > 0, "the map was planned"
     assert not any(ts.worker_restrictions for ts in unprioritised)
     s.plugins["autorestrictor"]._release_all()
     faults = [e for _, e in s.get_events("autorestrictor") if e["action"] == "fault"]
