@@ -63,6 +63,26 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
     return held
 
 
+def reschedule(scheduler, keys: list) -> None:
+    """Hand pinned tasks that Dask had already placed in its queue or in
+    ``no-worker`` back to the scheduler, so that their new restriction counts.
+
+    A queued task goes back to ``released`` and on (released, waiting, then
+    processing on its pinned worker, or no-worker if held); an unheld task
+    in no-worker is sent on. Others wait for their inputs as before.
+    """
+    tasks = scheduler.tasks
+    hold = {HOLD}
+    recs = {}
+    for k in keys:
+        ts = tasks[k]
+        if ts.state == "queued":
+            recs[k] = "released"
+        elif ts.state == "no-worker" and ts.worker_restrictions != hold:
+            recs[k] = "processing"
+    transitions(scheduler, recs, f"autorestrictor-late-plan-{time()}")
+
+
 def release(scheduler, released: list[tuple[object, str]]) -> None:
     """Send held roots to the workers admission chose: ``(key, worker)`` pairs."""
     if not released:

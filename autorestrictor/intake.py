@@ -55,7 +55,7 @@ class GraphInputs:
 
 
 def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
-               state: State) -> GraphInputs:
+               state: State, states: frozenset = frozenset({"released"})) -> GraphInputs:
     """The planner's inputs for a graph of ``keys``, from the scheduler's state.
 
     Touched tasks that must not move (already placed, restricted by the user
@@ -63,7 +63,9 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     so its shape is right, as located or skipped nodes. Each task's cost is
     its kind's expected duration, and each worker's pinned work still
     waiting is passed as ``busy``, so that graphs submitted together spread
-    over the cluster. One pass over the new tasks and their inputs.
+    over the cluster. ``states`` are the task states that may be pinned
+    (a new graph's tasks are all ``released``; a late plan's may be queued
+    or waiting). One pass over the new tasks and their inputs.
     """
     tasks = scheduler.tasks
     opted_out = annotations.get("autorestrict", {})
@@ -102,7 +104,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         if (isinstance(run_spec, barrier) if barrier is not None
                 else is_p2p_barrier(key, run_spec)):
             p2p.append(key)
-        if not free_to_pin(ts, opted_out):
+        if not free_to_pin(ts, opted_out, states):
             where = bound_to(ts, held_at)
             if where is not None:
                 who_has[key] = where
@@ -176,10 +178,10 @@ def _address(ws) -> str:
     return ws.address
 
 
-def free_to_pin(ts, opted_out: dict) -> bool:
+def free_to_pin(ts, opted_out: dict, states: frozenset = frozenset({"released"})) -> bool:
     """May the plugin pin this task?"""
     return (
-        ts.state == "released"
+        ts.state in states
         and ts.run_spec is not None
         # (a task the scheduler has not given a priority cannot be sent by
         # us: distributed asserts one when a task goes to a worker)

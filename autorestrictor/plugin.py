@@ -15,21 +15,19 @@ roots admitted rather than pushed, is in ``docs/design.md``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import logging
 import math
-from time import perf_counter
+from time import monotonic
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from autorestrictor import actions, admission, balancing, intake, membership, records
+from autorestrictor import actions, admission, balancing, intake, membership, planning, records
 from autorestrictor.config import Options
 from autorestrictor.learning import compute_seconds
-from autorestrictor.planner import Plan, plan
-from autorestrictor.state import NAME, Batch, State, Unit
+from autorestrictor.state import NAME, State, Unit
 
 logger = logging.getLogger("autorestrictor")
 
@@ -135,10 +133,15 @@ class AutoRestrictor(SchedulerPlugin):
         if not isinstance(self.scheduler.plugins.get(self.name), AutoRestrictor):
             self._hand_back("the plugin was unregistered")
             return
+        st = self.state
         try:
-            moved = membership.sweep(self.scheduler, self.state)
-            if membership.check_unavailable(self.scheduler, self.state) or moved:
+            moved = membership.sweep(self.scheduler, st)
+            if membership.check_unavailable(self.scheduler, st) or moved:
                 self._schedule_release()
+            # a graph kept for want of workers, once joining has settled
+            if st.deferred and monotonic() - st.joined_at >= self.options.check_interval:
+                if planning.late_plans(self.scheduler, st):
+                    self._schedule_release()
         except Exception as e:
             self._fault("periodic check", e, hand_back=True)
             return
@@ -164,63 +167,9 @@ class AutoRestrictor(SchedulerPlugin):
         self._attach(scheduler)
         if not self.options.enabled:
             return
-        start = perf_counter()
-        st = self.state
-        st.n_plans += 1
-        timing: dict[str, float] = {}  # seconds of each part, in the plan's record
         with _collections_postponed():
-            try:
-                p = self._plan(tasks, annotations, timing)
-            except Exception as e:  # the planner must never break a computation
-                records.plan_record(scheduler, st, {
-                    "n_tasks": len(tasks), "reason": f"planning failed: {e!r}"},
-                    start, level=logging.WARNING, exc_info=e)
-                return
-            if not p.applied:
-                level = logging.DEBUG if "min-tasks" in (p.reason or "") else logging.INFO
-                records.plan_record(scheduler, st, p.summary(), start, level=level)
-                return
-            try:
-                self._apply(p, timing)
-            except Exception as e:
-                records.plan_record(scheduler, st, {
-                    **p.summary(), "reason": f"applying failed: {e!r}"},
-                    start, level=logging.WARNING, exc_info=e)
-                return
-            records.plan_record(scheduler, st, {**p.summary(), **timing}, start)
-            st.last_plan, st.last_plan_id = p, st.n_plans
-
-    def _plan(self, keys: list, annotations: dict, timing: dict) -> Plan:
-        t0 = perf_counter()
-        inputs = intake.read_graph(self.scheduler, keys, annotations, self.state)
-        timing["read_s"] = perf_counter() - t0
-        p = plan(**inputs.plan_kwargs(), **dataclasses.asdict(self.options))
-        return dataclasses.replace(p, sizes=inputs.sizes.counts())
-
-    def _apply(self, p: Plan, timing: dict) -> None:
-        """Pin the plan (all or nothing), queue its roots, and record its units.
-
-        The first roots are released on the next tick of the event loop,
-        once the scheduler has moved them to ``no-worker``.
-        """
-        st = self.state
-        t0 = perf_counter()
-        held = actions.pin_plan(self.scheduler, p.keys, p.worker_of.tolist(), p.workers,
-                                st.admission)
-        st.queues.hold_many((p.workers[w], ts.priority, ts.key) for w, ts in held)
-        t1 = perf_counter()
-        timing["pin_s"] = t1 - t0
-        # Forget finished units before adding this plan's, which are all
-        # pending: pruning them too would walk the new graph a second time.
-        membership.prune(self.scheduler, st)
-        # The units are built when first needed (a rebalance, a worker that
-        # leaves, the dashboard): most graphs never need them.
-        st.batches.append(Batch(self.scheduler.tasks, p.keys, p.units, p.worker_of, p.piece_of,
-                                st.n_pieces, p.workers))
-        st.n_pieces += int(p.piece_of.max(initial=-1)) + 1
-        timing["units_s"] = perf_counter() - t1
-        if held:
-            self._schedule_release()
+            if planning.plan_graph(scheduler, self.state, tasks, annotations):
+                self._schedule_release()
 
     # -- admission and learning ----------------------------------------------
 
@@ -313,6 +262,7 @@ class AutoRestrictor(SchedulerPlugin):
     def add_worker(self, scheduler, worker: str) -> None:
         """A joining worker is an idle worker: it takes the far end of the busiest runs."""
         self._attach(scheduler)
+        self.state.joined_at = monotonic()
         if not self.state.has_runs():
             return
         try:

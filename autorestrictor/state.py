@@ -167,6 +167,20 @@ class Batch:
 
 
 @dataclasses.dataclass
+class Deferred:
+    """A graph that arrived while fewer than two workers ran, kept to be
+    planned once workers join (see :func:`autorestrictor.planning.late_plans`)."""
+
+    keys: list
+    annotations: dict
+    id: int  # its record's ``id`` in the history
+
+
+#: Graphs kept for a late plan, at most (the oldest is dropped).
+MAX_DEFERRED = 16
+
+
+@dataclasses.dataclass
 class State:
     """Everything the plugin keeps between hooks; any instance of the plugin adopts it."""
 
@@ -186,6 +200,9 @@ class State:
     last_plan: Plan | None = None  # the newest applied plan (for the dashboard)
     last_plan_id: int = 0  # its ``id`` in ``history``
     admission: bool = True  # admission as it runs (off where Dask cannot hold roots)
+    deferred: deque[Deferred] = dataclasses.field(
+        default_factory=lambda: deque(maxlen=MAX_DEFERRED))
+    joined_at: float = -math.inf  # monotonic time a worker last joined
 
     def __post_init__(self) -> None:
         self.keep(self.options)
@@ -227,6 +244,7 @@ class State:
         self.built.clear()
         self.batches.clear()
         self.queues.clear()
+        self.deferred.clear()
 
 
 def state_of(scheduler) -> State | None:

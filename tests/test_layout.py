@@ -19,7 +19,7 @@ PURE = ["planner.py", "graph.py", "rebalance.py", "datamap.py", "learning.py",
         "admission.py", "elastic.py", "recovery.py", "state.py"]
 #: Modules that run inside the scheduler: the pure core, and the adapter
 #: that reads the scheduler, acts on it and records what it did.
-CORE = [*PURE[:3], *PURE[4:], "plugin.py", "intake.py", "actions.py", "balancing.py",
+CORE = [*PURE[:3], *PURE[4:], "plugin.py", "planning.py", "intake.py", "actions.py", "balancing.py",
         "membership.py", "records.py", "compat.py", "config.py", "http.py"]
 #: Modules outside the scheduler's hot path: the dashboard page (imported
 #: only when the scheduler serves Bokeh's dashboard) and explain() (client
