@@ -54,7 +54,8 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
                 held.append((w, ts))
             else:
                 ts.worker_restrictions = pins[w]
-            ts.loose_restrictions = False
+            if ts.loose_restrictions:
+                ts.loose_restrictions = False
             n_done += 1
     except BaseException:
         for key in keys[:n_done]:

@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable
 
 import dask.config
+import numpy as np
 
 from autorestrictor.admission import Status
 from autorestrictor.compat import P2PBarrierTask, is_p2p_barrier
@@ -40,10 +41,10 @@ class GraphInputs:
     dependencies: dict
     workers: dict[str, int]
     nbytes: dict
-    priority: dict
+    priority: np.ndarray  # in the order of dependencies; NaN: unknown
     who_has: dict
     skip: list
-    cost: dict
+    cost: np.ndarray  # in the order of dependencies
     busy: dict[str, float]
     placed_at_run_time: list
     sizes: Sizes
@@ -71,33 +72,44 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     opted_out = annotations.get("autorestrict", {})
     held_at = state.queues.held_at
     unknown = unknown_duration(scheduler)
-    dependencies: dict = {}
+    # Per task, appended to lists in graph order: the planner takes ``cost``
+    # and ``priority`` as arrays in the order of ``dependencies``, so no
+    # dictionary of tuple keys (each store hashes the key anew) is built
+    # for them.
+    order: list = []
+    deps_of: list = []
+    kinds: list = []
+    cost: list = []
+    priority: list = []
+    inner: list = []  # input sets of tasks that have inputs
     nbytes: dict = {}  # measured
-    prefix_of: dict = {}
-    priority: dict = {}
     who_has: dict = {}
-    cost: dict = {}
     skip: list = []
     p2p: list = []  # P2P barriers: P2P places their outputs at run time
     per_prefix: dict = {}  # prefix -> (name, expected seconds), read once
     barrier = P2PBarrierTask
+    nan = float("nan")
     for key in graph_order(keys):
         ts = tasks.get(key)
         if ts is None:
             continue
+        order.append(key)
         deps = ts.dependencies
-        dependencies[key] = [dts.key for dts in deps] if deps else ()
+        if deps:
+            deps_of.append([dts.key for dts in deps])
+            inner.append(deps)
+        else:
+            deps_of.append(())
         prefix = ts.prefix
         known = per_prefix.get(prefix)
         if known is None:
             known = per_prefix[prefix] = (
                 prefix.name if prefix is not None else None,
                 expected_seconds(prefix, state.learned, unknown))
-        cost[key] = known[1]
-        if known[0] is not None:
-            prefix_of[key] = known[0]
-        if ts.priority is not None:
-            priority[key] = ts.priority[-1]
+        kinds.append(known[0])
+        cost.append(known[1])
+        pr = ts.priority
+        priority.append(pr[-1] if pr is not None else nan)
         if ts.nbytes >= 0:
             nbytes[key] = ts.nbytes
         run_spec = ts.run_spec
@@ -110,6 +122,8 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 who_has[key] = where
             else:
                 skip.append(key)
+    dependencies = dict(zip(order, deps_of))
+    for deps in inner:  # inputs from outside the graph: where are they?
         for dts in deps:
             if dts.key in dependencies or dts.key in who_has:
                 continue
@@ -120,12 +134,16 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 where = bound_to(dts, held_at)
                 if where is not None:
                     who_has[dts.key] = where
+    prefix_of = dict(zip(order, kinds))
+    if None in per_prefix:  # (a task without a prefix has no kind)
+        prefix_of = {k: v for k, v in prefix_of.items() if v is not None}
     workers = running_workers(scheduler)
     sizes = estimate_sizes(nbytes, prefix_of, state.learned.sizes())
     return GraphInputs(
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
-        priority=priority, who_has=who_has, skip=skip, cost=cost,
-        busy=busy(state, workers, unknown), placed_at_run_time=p2p, sizes=sizes,
+        priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
+        cost=np.array(cost, dtype=np.float64), busy=busy(state, workers, unknown),
+        placed_at_run_time=p2p, sizes=sizes,
     )
 
 

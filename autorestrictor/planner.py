@@ -209,7 +209,10 @@ def plan(
     priority:
         ``key -> number``, lower runs first (the last element of Dask's
         priority tuple, from ``dask.order``). Without it, a depth-first order
-        from the outputs is used.
+        from the outputs is used. Like ``cost``, it may instead be an array
+        with one number per key of ``dependencies``, in its order (NaN where
+        unknown): the scheduler plugin builds it so, without a dictionary
+        of 200,000 tuple keys.
     who_has:
         ``key -> worker address`` (or addresses) for keys whose worker is
         already decided: results in memory, or tasks pinned by someone else.
@@ -219,7 +222,8 @@ def plan(
         Keys the planner must not pin and whose location is unknown (actors,
         tasks with resource or host restrictions, opted-out tasks).
     cost:
-        ``key -> relative compute cost``; 1 per task when missing.
+        ``key -> relative compute cost``; 1 per task when missing. Or an
+        array in the order of ``dependencies``, as ``priority``.
     placed_at_run_time:
         Keys whose workers another party decides while the graph runs (a
         P2P shuffle's barrier, which picks where every output partition
@@ -1119,6 +1123,10 @@ def estimate_sizes(
     ({'a': 8, 'b': 80.0}, {'measured': 1, 'learned': 1, 'assumed': 1})
     """
     nbytes = dict(measured)
+    if not learned or not learned.keys() & set(prefix_of.values()):
+        # nothing of these kinds learned yet (a first graph): set operations
+        # in C, not a loop over the keys
+        return Sizes(nbytes, len(measured), 0, len(prefix_of.keys() - nbytes.keys()))
     learned_n = assumed = 0
     for key, prefix in prefix_of.items():
         if key in nbytes:
@@ -1167,9 +1175,25 @@ def per_node(
     name: str,
     nonnegative: bool = True,
 ) -> np.ndarray:
-    """Spread ``key -> number`` over the nodes; ``default`` where absent or None."""
+    """Spread ``key -> number`` over the nodes; ``default`` where absent or None.
+
+    ``values`` may also be an array with one number per task, in the order
+    of the graph's ``dependencies`` (nodes ``0 .. n_tasks - 1``; NaN where
+    absent).
+    """
     out = np.full(g.n, np.nan)
-    if values:
+    if isinstance(values, np.ndarray):
+        if values.shape != (g.n_tasks,):
+            raise ValueError(
+                f"{name} given as an array must have one value per key of dependencies "
+                f"({g.n_tasks}), got shape {values.shape}")
+        arr = values.astype(np.float64, copy=False)
+        bad = np.isinf(arr) | (arr < 0 if nonnegative else False)
+        if bad.any():
+            raise ValueError(
+                f"{name} values must be finite numbers{' >= 0' if nonnegative else ''}")
+        out[: g.n_tasks] = arr
+    elif values:
         if not isinstance(values, Mapping):
             raise TypeError(f"{name} must be a mapping of key -> number")
         idx = _positions(g, values)

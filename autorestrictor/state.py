@@ -103,9 +103,10 @@ class Queues:
         new: dict[str, list[Held]] = defaultdict(list)
         held_at = self.held_at
         seq = self.seq
+        make = tuple.__new__  # (a NamedTuple's own __new__ is a Python call)
         for addr, priority, key in entries:
             seq += 1
-            new[addr].append(Held(priority or (), seq, key))
+            new[addr].append(make(Held, (priority or (), seq, key)))
             held_at[key] = addr
         self.seq = seq
         for addr, items in new.items():

@@ -599,3 +599,29 @@ def test_data_on_several_workers_is_not_pinned_and_draws_no_one():
     check_plan(p, deps, workers)
     assert "y" not in p.assignment
     assert Counter(p.assignment.values()) == {"b": 18, "a": 2}
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 200))
+def test_cost_and_priority_as_arrays_plan_as_mappings_do(seed, n):
+    """The plugin gives ``cost`` and ``priority`` as arrays in the order of
+    ``dependencies``; the plan is the one the mappings give."""
+    rng = random.Random(seed)
+    deps = random_dag(rng, n)
+    keys = list(deps)
+    cost = {k: rng.choice([0.5, 1.0, 2.0]) for k in keys}
+    priority = {k: float(i) for i, k in enumerate(rng.sample(keys, len(keys)))}
+    del priority[keys[0]]  # one unknown
+    as_maps = plan(deps, W4, cost=cost, priority=priority, min_tasks=1)
+    as_arrays = plan(deps, W4, min_tasks=1, cost=np.array([cost[k] for k in keys]),
+                     priority=np.array([priority.get(k, np.nan) for k in keys]))
+    assert as_maps.assignment == as_arrays.assignment
+    assert as_maps.reason == as_arrays.reason
+
+
+def test_an_array_of_the_wrong_length_is_refused():
+    deps = {"a": [], "b": ["a"], "c": ["b"]}
+    with pytest.raises(ValueError, match="cost given as an array must have one value per key"):
+        plan(deps, W2, cost=np.ones(2), min_tasks=1)
+    with pytest.raises(ValueError, match="priority values must be finite"):
+        plan(deps, W2, priority=np.array([0.0, np.inf, 1.0]), min_tasks=1)
