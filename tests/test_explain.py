@@ -12,8 +12,15 @@ from helpers import slow_block
 
 import autorestrictor
 from autorestrictor import AutoRestrictor
+from autorestrictor.compat import EXPLAIN_MISSING
 from autorestrictor.datamap import data_map, default_transfer, worker_colour
 from autorestrictor.planner import plan
+
+#: The tests that call explain(), which an old dask cannot support.
+needs_explain = pytest.mark.skipif(
+    EXPLAIN_MISSING is not None,
+    reason=f"explain() is switched off: this dask has no {EXPLAIN_MISSING}",
+)
 
 
 def seed_example(n_chunks: int = 200, rows: int = 1000):
@@ -21,6 +28,7 @@ def seed_example(n_chunks: int = 200, rows: int = 1000):
     return da.random.default_rng(42).random((rows, n_chunks), chunks=(rows, 1)).sum(axis=1)
 
 
+@needs_explain
 def test_explain_seed_example_shows_the_chunk_map():
     e = autorestrictor.explain(seed_example(), workers=4)
     assert e.reason is None
@@ -40,6 +48,7 @@ def test_explain_seed_example_shows_the_chunk_map():
     assert "Chunks of random" in repr(e)
 
 
+@needs_explain
 @gen_cluster(client=True, nthreads=[("", 1)] * 4)
 async def test_explain_makes_the_plugins_plan(c, s, *workers):
     """explain(client=) returns the assignment the plugin then applies."""
@@ -82,6 +91,7 @@ class _AsyncClientView:
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout=30)
 
 
+@needs_explain
 @gen_cluster(client=True, nthreads=[("", 1)] * 3)
 async def test_explain_on_delayed_and_raw_graphs_matches_the_plugin(c, s, *workers):
     await c.register_plugin(AutoRestrictor(min_tasks=10))
@@ -109,6 +119,7 @@ def _double(x):
     return 2 * x
 
 
+@needs_explain
 def test_explain_steps_back_with_a_reason():
     x = da.ones((10, 10), chunks=(10, 1)).sum()
     e = autorestrictor.explain(x, workers=4)  # 21 tasks < min-tasks
@@ -117,6 +128,7 @@ def test_explain_steps_back_with_a_reason():
     assert "Left to Dask" in e._repr_html_() and "min-tasks" in e._repr_html_()
 
 
+@needs_explain
 def test_explain_plans_graphs_whose_keys_do_not_compare():
     # ("a", 0) and ("a", "x") cannot be sorted together: planned in the
     # given order, as the plugin does, rather than failing.
@@ -128,12 +140,14 @@ def test_explain_plans_graphs_whose_keys_do_not_compare():
         assert e.assignment[("a", i)] == e.assignment[("a", "x", i)]
 
 
+@needs_explain
 @pytest.mark.parametrize("bad", [3, "x", [1, 2], object()])
 def test_explain_rejects_what_is_not_a_graph(bad):
     with pytest.raises(TypeError, match=f"got .*{type(bad).__name__}"):
         autorestrictor.explain(bad)
 
 
+@needs_explain
 def test_explain_rejects_bad_workers():
     x = seed_example(n_chunks=8)
     with pytest.raises(TypeError, match="workers must be"):
@@ -142,6 +156,12 @@ def test_explain_rejects_bad_workers():
         autorestrictor.explain(x, workers=0)
     with pytest.raises(ValueError, match="not both"):
         autorestrictor.explain(x, workers=2, client=object())
+
+
+@pytest.mark.skipif(EXPLAIN_MISSING is None, reason="explain() works with this dask")
+def test_explain_says_what_an_old_dask_lacks():
+    with pytest.raises(RuntimeError, match=f"switched off: this dask has no {EXPLAIN_MISSING}"):
+        autorestrictor.explain(da.ones((10, 40), chunks=(10, 1)).sum(), workers=2)
 
 
 def test_data_map_of_runs_and_big_grids():

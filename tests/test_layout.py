@@ -85,6 +85,10 @@ def test_docstring_examples_run(name):
     import doctest
     import importlib
 
+    from autorestrictor.compat import EXPLAIN_MISSING
+
+    if name == "explanation" and EXPLAIN_MISSING is not None:
+        pytest.skip(f"explain() is switched off: this dask has no {EXPLAIN_MISSING}")
     module = importlib.import_module(f"autorestrictor.{name}")
     result = doctest.testmod(module)
     assert result.failed == 0
