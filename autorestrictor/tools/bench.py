@@ -422,7 +422,9 @@ class _WorkerWatch:
         self._thread.start()
 
     def _look(self) -> None:
-        info = self.client.scheduler_info(n_workers=-1)["workers"]
+        # Not client.scheduler_info(): the client's own periodic refresh of
+        # that cache, without workers, can land between its fetch and return.
+        info = self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"]
         now = time.time() - self.t0
         self.most = max(self.most, len(info))
         new = [addr for addr in info if addr not in self.seen]
