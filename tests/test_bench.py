@@ -3,7 +3,8 @@
 Most tests feed fake rows and need no cluster. The last ones run real
 benchmarks on worker processes (``test_small_bench``: 2 workloads x 2 modes
 on 2 workers, about 15 s on 2 cores; ``test_elastic_workloads_report_per_worker``
-2 small elastic runs, about 10 s; the others a few workloads on 4).
+2 small elastic runs, about 10 s; ``test_adaptive_zero_starts_without_workers``
+one adaptive run, about 12 s; the others a few workloads on 4).
 """
 
 from __future__ import annotations
@@ -186,11 +187,39 @@ def test_all_workloads_registered():
     }
     assert set(ELASTIC_WORKLOADS) == {
         "slow-worker", "skewed-cost", "scale-up", "join-mid-run", "concurrent-graphs",
+        "adaptive", "adaptive-zero",
     }
     assert all(w.name == key and w.description for key, w in WORKLOADS.items())
-    assert all(WORKLOADS[name].workers for name in ELASTIC_WORKLOADS)
+    assert all(WORKLOADS[name].workers is not None for name in ELASTIC_WORKLOADS)
     assert WORKLOADS["scale-up"].during and WORKLOADS["join-mid-run"].during
     assert WORKLOADS["concurrent-graphs"].submit
+
+
+def test_adaptive_workloads_registered_and_build():
+    """``adaptive`` (1 worker) and ``adaptive-zero`` (none) hand the cluster to
+    Dask's own ``Adaptive`` (up to 4) and sum 240 waiting 2 MB chunks."""
+    expected = {"maximum": 4, "interval": "200ms", "target_duration": "1s"}
+    for name, start in (("adaptive", 1), ("adaptive-zero", 0)):
+        spec = WORKLOADS[name]
+        assert name in ELASTIC_WORKLOADS
+        assert spec.workers == start and spec.adapt == {"minimum": start, **expected}
+        assert spec.during is None and spec.submit is None
+        (total,) = spec.build(1.0, None)  # lazy: nothing computed
+        assert total.shape == (workloads.CHUNK_ROWS,)
+        chunks = total.dask.get_all_dependencies()  # a graph of 240 waiting chunks
+        assert sum(1 for key in chunks if "sleepy_chunk" in str(key)) == 240
+    local = dask.compute(*WORKLOADS["adaptive"].build(0.01, None), scheduler="sync")
+    assert checksum(local) == checksum(
+        dask.compute(*WORKLOADS["scale-up"].build(0.01, None), scheduler="sync"))
+
+
+def test_format_table_notes_most_workers_of_adaptive_workloads():
+    rows = [fake_row("adaptive", "default", r, most_workers=m,
+                     tasks_per_worker={"w0": 90 - r, "w1": 80, "w2": 75, "w3": 76 + r})
+            for r, m in enumerate((4, 3, 4))]
+    notes = [line for line in format_table(rows).splitlines() if line.startswith("tasks per")]
+    assert notes == ["tasks per worker, adaptive / default: w0=89 w1=80 w2=75 w3=77; "
+                     "most workers 4"]
 
 
 def test_run_bench_runs_all_workloads_by_default(monkeypatch):
@@ -315,6 +344,22 @@ def test_elastic_workloads_report_per_worker():
     assert len(counts) == 4 and all(n > 0 for n in counts.values()), counts  # all busy
     local = dask.compute(*WORKLOADS["concurrent-graphs"].build(0.25, None), scheduler="sync")
     assert graphs["checksum"] == checksum(local)
+
+
+def test_adaptive_zero_starts_without_workers():
+    """``adaptive-zero`` at scale 0.25 under Dask's default: submitted to no
+    worker, Dask's ``Adaptive`` brings them (up to 4); the row names every
+    worker that ran a task and says how many there were at most."""
+    row = bench.run_one("adaptive-zero", "default", workers=4, scale=0.25, timeout=120)
+    assert set(ROW_KEYS) <= set(row), set(ROW_KEYS) - set(row)
+    assert row["workers"] == 0  # the workload's own count, even 0, wins over workers=4
+    assert 1 <= row["most_workers"] <= 4 and row["events"]["adapt"]["minimum"] == 0
+    counts = row["tasks_per_worker"]
+    assert sum(counts.values()) == row["tasks"] > 240
+    assert all(name.startswith("w") for name in counts), counts  # named, not addresses
+    assert set(row["events"]["joins"]) == set(counts) and row["joined_ran"] == row["tasks"]
+    local = dask.compute(*WORKLOADS["adaptive-zero"].build(0.25, None), scheduler="sync")
+    assert row["checksum"] == checksum(local)
 
 
 @pytest.mark.slow

@@ -21,7 +21,10 @@ A workload may fix its own number of workers (``Workload.workers``, which
 overrides ``--workers``), change the cluster while it computes
 (``Workload.during``, run in a background thread; workers that join are
 added to the RSS sampler and to every per-worker figure) or submit its
-collections itself (``Workload.submit``, e.g. as two graphs at once).  Every
+collections itself (``Workload.submit``, e.g. as two graphs at once), or
+hand the cluster to Dask's own ``Adaptive`` (``Workload.adapt``: the
+arguments of ``cluster.adapt``, applied before anything is submitted; see
+:class:`_WorkerWatch` for what those rows add).  Every
 row says how many tasks each worker computed (``tasks_per_worker``); rows of
 workloads whose workers joined mid-run also say what the newcomers ran
 (see :func:`_join_summary`).
@@ -66,6 +69,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from autorestrictor.tools.link import (
     SHAPES,
@@ -330,6 +335,132 @@ def _join_summary(
     }
 
 
+#: Seconds between two looks at the scheduler's workers under ``Adaptive``.
+WATCH_INTERVAL_S = 0.05
+
+
+class _CountersAtClose(WorkerPlugin):
+    """Worker plugin of the adaptive runs: when its worker closes (``Adaptive``
+    retires it), write the worker's transfer totals and its incoming transfer
+    log to ``directory`` as ``<pid>.json``, so that a retired worker's bytes
+    (including the data it handed on as it retired) still count."""
+
+    name = "autorestrictor-bench-counters"
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def teardown(self, worker) -> None:
+        record = {
+            "address": worker.address,
+            "counters": list(_transfer_counters(worker)),
+            "incoming": [[t["start"], t["duration"], t["total"]]
+                         for t in worker.transfer_incoming_log],
+        }
+        path = os.path.join(self.directory, f"{os.getpid()}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+
+
+def _closed_counters(directory: str, addresses: Iterable[str], since: float,
+                     timeout: float = 30.0) -> dict[str, tuple]:
+    """What :class:`_CountersAtClose` wrote for the workers at ``addresses``
+    (waiting up to ``timeout`` s for each): ``{address: (counters, (seconds,
+    bytes) received since since)}``."""
+    wanted, found = set(addresses), {}
+    deadline = time.time() + timeout
+    while True:
+        for entry in os.scandir(directory):
+            if entry.name.endswith(".json"):
+                with open(entry.path) as f:
+                    rec = json.load(f)
+                if rec["address"] in wanted:
+                    log = [(d, b) for start, d, b in rec["incoming"] if start >= since]
+                    found[rec["address"]] = (
+                        tuple(rec["counters"]),
+                        (sum(d for d, _ in log), sum(b for _, b in log)),
+                    )
+        if wanted <= set(found) or time.time() > deadline:
+            missing = wanted - set(found)
+            if missing:
+                logger.warning("no transfer totals from retired workers %s", sorted(missing))
+            return found
+        time.sleep(0.05)
+
+
+def _stop_adapting(cluster, adaptive, timeout: float = 60.0) -> None:
+    """Stop ``Adaptive`` and wait for a scaling step under way to finish (a
+    retiring worker closes within it), so that the workers are settled."""
+    cluster.loop.add_callback(adaptive.stop, reason="bench run done")
+    deadline = time.time() + timeout
+    while adaptive.periodic_callback is not None or getattr(adaptive, "_adapting", False):
+        if time.time() > deadline:
+            raise BenchError(f"Adaptive did not stop within {timeout} s")
+        time.sleep(0.02)
+
+
+class _WorkerWatch:
+    """Look at the scheduler's workers every ``WATCH_INTERVAL_S`` while an
+    adaptive cluster computes.
+
+    Names every worker it sees (``names``, ``{address: "w<name>"}``, shared
+    with the caller), adds newcomers to the RSS sampler, and notes the most
+    workers at once and when each worker joined or left (seconds since
+    ``t0``).  :meth:`stop` returns ``most_workers``, ``joins`` and ``leaves``.
+    """
+
+    def __init__(self, client, t0: float, sampler, names: dict[str, str]):
+        self.client, self.t0, self.sampler, self.names = client, t0, sampler, names
+        self.most = len(names)
+        self.joins: dict[str, float] = {}
+        self.leaves: dict[str, float] = {}
+        self.seen = set(names)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-watch", daemon=True)
+        self._thread.start()
+
+    def _look(self) -> None:
+        # Not client.scheduler_info(): the client's own periodic refresh of
+        # that cache, without workers, can land between its fetch and return.
+        info = self.client.sync(self.client.scheduler.identity, n_workers=-1)["workers"]
+        now = time.time() - self.t0
+        self.most = max(self.most, len(info))
+        new = [addr for addr in info if addr not in self.seen]
+        for addr in new:
+            self.seen.add(addr)
+            self.names[addr] = f"w{info[addr]['name']}"
+            self.joins[self.names[addr]] = now
+        for addr in self.seen - set(info):
+            self.leaves.setdefault(self.names[addr], now)
+        if new:
+            try:
+                pids = self.client.run(os.getpid, workers=new)
+            except Exception as exc:  # noqa: BLE001 -- e.g. retired meanwhile
+                logger.warning("cannot sample the RSS of workers %s: %s", new, exc)
+            else:
+                self.sampler.add({self.names[addr]: pid for addr, pid in pids.items()})
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._look()
+                self._stop.wait(WATCH_INTERVAL_S)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread
+            self.error = exc
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join()
+        if self.error is not None:
+            raise BenchError(f"watching the adaptive cluster failed: {self.error!r}") from (
+                self.error
+            )
+        self._look()
+        return {"most_workers": self.most, "joins": self.joins, "leaves": self.leaves}
+
+
 class _During:
     """Run a workload's ``during`` hook in a background thread.
 
@@ -405,6 +536,8 @@ def _cluster(workers: int, link: Link | None):
 
 def _wait_for_workers(client, cluster, n: int, link: Link | None) -> None:
     """Wait until ``n`` workers have joined; on a timeout say what their logs say."""
+    if n <= 0:  # a cluster that starts empty (Adaptive brings its workers)
+        return
     try:
         client.wait_for_workers(n, timeout=120)
     except TimeoutError as exc:
@@ -459,7 +592,7 @@ def measure(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
     spec = WORKLOADS[workload]
-    workers = spec.workers or workers
+    workers = spec.workers if spec.workers is not None else workers
 
     config: dict[str, Any] = {
         # Keep every task of the run in the task stream.
@@ -468,14 +601,20 @@ def measure(
     if mode == "no-queuing":
         config["distributed.scheduler.worker-saturation"] = float("inf")
 
-    with dask.config.set(config), _cluster(workers, link) as (cluster, host), \
-            Client(cluster) as client:
+    with contextlib.ExitStack() as stack, dask.config.set(config), \
+            _cluster(workers, link) as (cluster, host), Client(cluster) as client:
         _wait_for_workers(client, cluster, workers, link)
         link_row = probe_link(client, link, host) if link is not None else None
         if mode == "autorestrictor":
             from autorestrictor import AutoRestrictor
 
             client.register_plugin(AutoRestrictor())
+        adaptive = None
+        if spec.adapt is not None:
+            closed_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="autorestrictor-bench-closed-"))
+            client.register_plugin(_CountersAtClose(closed_dir))
+            adaptive = cluster.adapt(**spec.adapt)
 
         info = client.scheduler_info(n_workers=-1)["workers"]
         names = {addr: f"w{info[addr]['name']}" for addr in info}
@@ -490,6 +629,7 @@ def measure(
                 _During(spec.during, client, cluster, t0, scale, sampler, names)
                 if spec.during else None
             )
+            watch = _WorkerWatch(client, t0, sampler, names) if adaptive is not None else None
             extra: dict = {}
             if spec.submit is not None:
                 results = spec.submit(client, collections)
@@ -500,9 +640,17 @@ def measure(
                 results = client.compute(collections, sync=True)
             wall = time.time() - t0
             events = during.join(timeout=300) if during else None
+            if adaptive is not None:
+                _stop_adapting(cluster, adaptive)
+                events = {**(events or {}), "adapt": spec.adapt, **watch.stop()}
 
         after = client.run(_transfer_counters)
-        incoming = client.run(_incoming_transfers, t0).values()
+        incoming = list(client.run(_incoming_transfers, t0).values())
+        if adaptive is not None:  # workers retired meanwhile: what they wrote as they closed
+            gone = set(names) - set(after)
+            for addr, (counters, received) in _closed_counters(closed_dir, gone, t0).items():
+                after[addr] = counters
+                incoming.append(received)
         info = client.scheduler_info(n_workers=-1)["workers"]
         names.update({addr: f"w{info[addr]['name']}" for addr in info})
         plans = _plan_summary(client) if mode == "autorestrictor" else {"plan_s": 0.0}
@@ -521,7 +669,7 @@ def measure(
         "bytes_moved": sum(after[a][0] - before.get(a, zero)[0] for a in after),
         "transfers": sum(after[a][1] - before.get(a, zero)[1] for a in after),
         "p2p_bytes": int(sum(after[a][2] - before.get(a, zero)[2] for a in after)),
-        "peak_memory_bytes": max(sampler.peak.values()),
+        "peak_memory_bytes": max(sampler.peak.values(), default=0),
         "peak_memory_per_worker": dict(sorted(sampler.peak.items())),
         "max_share": max(shares.values()),
         "tasks": len(stream),
@@ -537,6 +685,8 @@ def measure(
     }
     if events is not None:
         row["events"] = events
+        if "most_workers" in events:
+            row["most_workers"] = events["most_workers"]
         if events.get("joins"):
             row.update(_join_summary(stream, events["joins"], workers, t0))
     if details:
@@ -890,7 +1040,8 @@ def _link_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
 def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
     """Note lines with the median tasks per worker, for the elastic workloads only.
 
-    Rows of workloads with workers that joined mid-run also get what the
+    Rows of adaptive workloads also get the most workers the cluster had at
+    once; rows of workloads with workers that joined mid-run, what the
     newcomers ran against their fair share (see :func:`_join_summary`).
     """
     from autorestrictor.tools.workloads import ELASTIC_WORKLOADS
@@ -906,6 +1057,9 @@ def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
         )
         where = "" if link == "-" else f" / {link}"
         line = f"tasks per worker, {workload} / {mode}{where}: {per_worker}"
+        most = _median([r.get("most_workers") for r in rows])
+        if most is not None:
+            line += f"; most workers {most:g}"
         ran = _median([r.get("joined_ran") for r in rows])
         if ran is not None:
             fair = _median([r.get("joined_fair_share") for r in rows])

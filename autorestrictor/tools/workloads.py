@@ -16,7 +16,8 @@ graphs (``_window_sum``, ``_make_frame``, ...) are pickled by reference.
 
 The *elastic* workloads (:data:`ELASTIC_WORKLOADS`) model a cluster that
 changes or is uneven: a slow worker, skewed task costs, workers that join
-mid-run, two graphs at once.  Their tasks *wait* (``time.sleep``) rather than
+mid-run, two graphs at once, a cluster that Dask's ``Adaptive`` grows from 1
+or from 0 workers.  Their tasks *wait* (``time.sleep``) rather than
 compute, so that a 2-core machine can host 4-6 workers, but they pass
 MB-sized arrays around.  There ``scale`` multiplies both the chunk size and
 every wait (and the delay before the cluster changes), again keeping the
@@ -75,6 +76,13 @@ class Workload:
         the collections as separate graphs. It may instead return
         ``{"results": [...], **extra}``; ``extra`` (JSON-able) goes into the
         row.
+    adapt : dict, optional
+        Keyword arguments of Dask's own ``cluster.adapt(...)``
+        (:class:`distributed.deploy.Adaptive`), called right after the
+        cluster starts with ``workers`` workers (which may be 0) and before
+        anything is submitted.  The bench then also reports the most workers
+        the cluster had at once (``most_workers``), when each worker joined
+        or left, and what every worker ran, including the retired ones.
     """
 
     name: str
@@ -83,6 +91,7 @@ class Workload:
     workers: int | None = None
     during: Callable[[Any, Any, float, float], dict] | None = None
     submit: Callable[[Any, list], list] | None = None
+    adapt: dict | None = None
 
 
 # --------------------------------------------------------------------------
@@ -444,6 +453,20 @@ def join_mid_run(scale: float, client=None) -> list:
     return _sleepy_sum(scale, n_chunks=120)
 
 
+def adaptive(scale: float, client=None) -> list:
+    """240 waiting chunks, summed (Dask's ``Adaptive`` grows the cluster from 1 to 4)."""
+    return _sleepy_sum(scale)
+
+
+def adaptive_zero(scale: float, client=None) -> list:
+    """240 waiting chunks, summed, submitted to no worker (``Adaptive`` starts 0 to 4)."""
+    return _sleepy_sum(scale)
+
+
+#: ``cluster.adapt`` arguments of ``adaptive`` and ``adaptive-zero`` (not scaled).
+ADAPT = {"maximum": 4, "interval": "200ms", "target_duration": "1s"}
+
+
 def _scale_during(client, cluster, t0: float, scale: float, *, n: int, delay: float,
                   timeout: float = 120.0) -> dict:
     """``during`` hook: ``delay * scale`` s after ``t0``, scale the cluster to ``n`` workers.
@@ -554,13 +577,17 @@ WORKLOADS: dict[str, Workload] = {
                  during=functools.partial(_scale_during, n=3, delay=1.5)),
         Workload("concurrent-graphs", "two graphs at once, 2 chains of 60 waiting tasks each",
                  concurrent_graphs, workers=4, submit=_submit_separately),
+        Workload("adaptive", "waiting 2 MB chunks summed; 1 worker, Dask's Adaptive up to 4",
+                 adaptive, workers=1, adapt={"minimum": 1, **ADAPT}),
+        Workload("adaptive-zero", "waiting 2 MB chunks summed; no worker at submit, "
+                 "Dask's Adaptive 0 to 4", adaptive_zero, workers=0, adapt={"minimum": 0, **ADAPT}),
     ]
 }
 
 #: Workloads on an uneven or changing cluster; the bench's table also shows
 #: how many tasks each worker ran for them.
 ELASTIC_WORKLOADS = ("slow-worker", "skewed-cost", "scale-up", "join-mid-run",
-                     "concurrent-graphs")
+                     "concurrent-graphs", "adaptive", "adaptive-zero")
 
 
 # --------------------------------------------------------------------------
