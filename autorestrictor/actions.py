@@ -18,12 +18,12 @@ from autorestrictor.state import HOLD, PENDING, Queues
 
 
 def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
-             admission: bool) -> list[tuple[int, object]]:
+             admission: bool) -> list[list]:
     """Pin each of ``keys`` to ``workers[worker_of[i]]``; hold roots for admission.
 
     All or nothing: a failure undoes what was done, and re-raises. Returns
-    the held roots as ``(worker index, task)``, in plan order, for the
-    caller to queue.
+    the held roots (tasks) per worker index, in plan order, for the caller
+    to queue.
 
     Hold what Dask's queue would hold: roots, and tasks of a large group with
     few inputs (seven tasks reading one small task). Root-ishness is asked
@@ -35,8 +35,7 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
     tasks = scheduler.tasks
     pins = [{addr} for addr in workers]
     hold = {HOLD}
-    held = []
-    n_done = 0
+    held: list[list] = [[] for _ in workers]
     is_rootish = getattr(scheduler, "is_rootish", None)
     by_group: dict = {}
 
@@ -51,15 +50,18 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
             ts = tasks[key]
             if admission and (not ts.dependencies or rootish(ts)):
                 ts.worker_restrictions = hold
-                held.append((w, ts))
+                held[w].append(ts)
             else:
                 ts.worker_restrictions = pins[w]
             if ts.loose_restrictions:
                 ts.loose_restrictions = False
-            n_done += 1
     except BaseException:
-        for key in keys[:n_done]:
-            tasks[key].worker_restrictions = set()
+        # Undo: every restriction set here is one of these objects.
+        ours = {id(hold), *map(id, pins)}
+        for key in keys:
+            ts = tasks.get(key)
+            if ts is not None and id(ts.worker_restrictions) in ours:
+                ts.worker_restrictions = set()
         raise
     return held
 

@@ -123,7 +123,8 @@ def apply_plan(scheduler, st: State, p: Plan, timing: dict, late: bool = False) 
     held = actions.pin_plan(scheduler, p.keys, p.worker_of.tolist(), p.workers, st.admission)
     if late:
         actions.reschedule(scheduler, p.keys)
-    st.queues.hold_many((p.workers[w], ts.priority, ts.key) for w, ts in held)
+    for addr, tss in zip(p.workers, held):
+        st.queues.hold_tasks(addr, tss)
     t1 = perf_counter()
     timing["pin_s"] = t1 - t0
     # Forget finished units before adding this plan's, which are all
@@ -135,4 +136,4 @@ def apply_plan(scheduler, st: State, p: Plan, timing: dict, late: bool = False) 
                             st.n_pieces, p.workers))
     st.n_pieces += int(p.piece_of.max(initial=-1)) + 1
     timing["units_s"] = perf_counter() - t1
-    return bool(held)
+    return any(held)

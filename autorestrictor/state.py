@@ -97,19 +97,21 @@ class Queues:
         heapq.heappush(self.held[addr], Held(priority or (), self.seq, key))
         self.held_at[key] = addr
 
-    def hold_many(self, entries: Iterable[tuple[str, tuple | None, Key]]) -> None:
-        """Queue many ``(addr, priority, key)`` at once, as :meth:`hold` would one
-        by one: a heap is built once per worker, in linear time."""
-        new: dict[str, list[Held]] = defaultdict(list)
+    def hold_tasks(self, addr: str, tss: Iterable) -> None:
+        """Queue many tasks (objects with ``key`` and ``priority``) for ``addr`` at
+        once, as :meth:`hold` would one by one: the heap is built once, in
+        linear time."""
         held_at = self.held_at
         seq = self.seq
         make = tuple.__new__  # (a NamedTuple's own __new__ is a Python call)
-        for addr, priority, key in entries:
+        items = []
+        for ts in tss:
             seq += 1
-            new[addr].append(make(Held, (priority or (), seq, key)))
+            key = ts.key
+            items.append(make(Held, (ts.priority or (), seq, key)))
             held_at[key] = addr
         self.seq = seq
-        for addr, items in new.items():
+        if items:
             heap = self.held[addr]
             heap.extend(items)
             heapq.heapify(heap)
