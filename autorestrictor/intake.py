@@ -134,17 +134,28 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 where = bound_to(dts, held_at)
                 if where is not None:
                     who_has[dts.key] = where
-    prefix_of = dict(zip(order, kinds))
-    if None in per_prefix:  # (a task without a prefix has no kind)
-        prefix_of = {k: v for k, v in prefix_of.items() if v is not None}
     workers = running_workers(scheduler)
-    sizes = estimate_sizes(nbytes, prefix_of, state.learned.sizes())
+    sizes = _sizes(order, kinds, nbytes, state.learned.sizes())
     return GraphInputs(
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
         cost=np.array(cost, dtype=np.float64), busy=busy(state, workers, unknown),
         placed_at_run_time=p2p, sizes=sizes,
     )
+
+
+def _sizes(order: list, kinds: list, nbytes: dict, learned: dict) -> Sizes:
+    """:func:`autorestrictor.planner.estimate_sizes` for the graph's tasks
+    (``order``, of ``kinds``). Where nothing of these kinds was learned yet
+    (a first graph), every task of a kind whose size is not measured is
+    assumed, counted without a dictionary of the graph's keys."""
+    if learned.keys() & set(kinds):
+        prefix_of = {k: v for k, v in zip(order, kinds) if v is not None}
+        return estimate_sizes(nbytes, prefix_of, learned)
+    kinded = len(order) - kinds.count(None)
+    measured = sum(1 for k, v in zip(order, kinds) if v is not None and k in nbytes) \
+        if nbytes else 0
+    return Sizes(dict(nbytes), len(nbytes), 0, kinded - measured)
 
 
 def busy(state: State, workers: Iterable[str], unknown: float) -> dict[str, float]:

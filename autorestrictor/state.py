@@ -116,9 +116,6 @@ class Queues:
             heap.extend(items)
             heapq.heapify(heap)
 
-    def owner(self, key: Key) -> str | None:
-        return self.held_at.get(key)
-
     def drop_worker(self, addr: str) -> None:
         """Forget ``addr``'s queue (its keys are re-homed by the caller)."""
         for entry in self.held.pop(addr, ()):
