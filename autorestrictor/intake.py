@@ -81,7 +81,6 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     kinds: list = []
     cost: list = []
     priority: list = []
-    inner: list = []  # input sets of tasks that have inputs
     nbytes: dict = {}  # measured
     who_has: dict = {}
     skip: list = []
@@ -95,11 +94,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
             continue
         order.append(key)
         deps = ts.dependencies
-        if deps:
-            deps_of.append([dts.key for dts in deps])
-            inner.append(deps)
-        else:
-            deps_of.append(())
+        deps_of.append([dts.key for dts in deps] if deps else ())
         prefix = ts.prefix
         known = per_prefix.get(prefix)
         if known is None:
@@ -123,17 +118,19 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
             else:
                 skip.append(key)
     dependencies = dict(zip(order, deps_of))
-    for deps in inner:  # inputs from outside the graph: where are they?
-        for dts in deps:
-            if dts.key in dependencies or dts.key in who_has:
-                continue
-            if dts.who_has:
-                who_has[dts.key] = [ws.address for ws in dts.who_has]
-                nbytes[dts.key] = dts.get_nbytes()
-            else:  # in flight: bound to a worker by an earlier plan?
-                where = bound_to(dts, held_at)
-                if where is not None:
-                    who_has[dts.key] = where
+    # Inputs from outside the graph: where are they? (Found with set
+    # operations on the keys, not a Python-level test per edge.)
+    outside = set(itertools.chain.from_iterable(deps_of))
+    outside.difference_update(dependencies, who_has)
+    for key in outside:
+        dts = tasks[key]
+        if dts.who_has:
+            who_has[key] = [ws.address for ws in dts.who_has]
+            nbytes[key] = dts.get_nbytes()
+        else:  # in flight: bound to a worker by an earlier plan?
+            where = bound_to(dts, held_at)
+            if where is not None:
+                who_has[key] = where
     workers = running_workers(scheduler)
     sizes = _sizes(order, kinds, nbytes, state.learned.sizes())
     return GraphInputs(
@@ -175,16 +172,23 @@ def graph_order(keys) -> list:
     The planner keeps groups in the order it is given them. Sorted keys are
     chunk order for Dask collections, ("x", 0, 9) before ("x", 0, 10), so
     neighbouring chunks land on one worker and a later graph combining them
-    finds them together. Keys that do not compare keep the given order.
+    finds them together. Keys of different types are ordered by type name,
+    then value; keys that do not compare keep the given order.
     """
     keys = list(keys)
+    # Chunk keys are tuples, and a graph has few others (a finalize
+    # string): tuples are sorted directly, without a key function.
+    tuples = [k for k in keys if type(k) is tuple]
     try:
-        if len(set(map(type, keys))) == 1:  # (compared directly: no key function)
-            return sorted(keys)
-        return sorted(keys, key=_by_type_then_value)
+        if len(tuples) == len(keys):
+            return sorted(tuples)
+        others = sorted((k for k in keys if type(k) is not tuple), key=_by_type_then_value)
+        tuples.sort()
     except TypeError:
         logger.debug("keys that do not compare: planning in the given order")
         return keys
+    before = [k for k in others if type(k).__name__ < "tuple"]
+    return before + tuples + others[len(before):]
 
 
 def _by_type_then_value(key):

@@ -15,8 +15,11 @@ import dask.array as da
 from distributed import Event
 from distributed.utils_test import async_poll_for, gen_cluster
 from helpers import SMALL, slow_block
+from hypothesis import given
+from hypothesis import strategies as st
 
 from autorestrictor import AutoRestrictor
+from autorestrictor.intake import graph_order
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL, timeout=120)
@@ -51,3 +54,20 @@ async def test_calls_per_task_do_not_grow_with_the_graph(c, s, a, b):
     assert per_task[2] <= 1.1 * per_task[1], per_task
     await ev.set()
     await c.gather(futures)
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.sampled_from(["x", "y"]), st.integers(0, 20)),
+    st.tuples(st.sampled_from(["x"]), st.integers(0, 3), st.integers(0, 3)),
+    st.text("abc", max_size=3),
+    st.integers(-5, 5),
+    st.binary(max_size=2),
+), unique=True))
+def test_graph_order_is_by_type_name_then_value(keys):
+    """Tuples are sorted without a key function; the order is unchanged."""
+    assert graph_order(keys) == sorted(keys, key=lambda k: (type(k).__name__, k))
+
+
+def test_graph_order_keeps_keys_that_do_not_compare_as_given():
+    keys = [("x", 1), ("x", "a"), "z", ("x", 0)]  # 1 < "a" raises
+    assert graph_order(keys) == keys
