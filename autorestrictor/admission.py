@@ -40,6 +40,51 @@ class Status(Enum):
     GONE = "gone"  # cancelled, forgotten, done, or no longer held by us
 
 
+class Memory:
+    """The bytes a worker may still receive from released roots before it spills.
+
+    Dask's workers spill managed memory to disk past a fraction of their
+    ``memory_limit`` (``distributed.worker.memory.target``), and Dask's
+    queue releases roots by threads alone. Held roots are released by
+    threads and by bytes: a root whose expected output would take the
+    worker's managed memory, plus what its running tasks are expected to
+    produce, past that threshold waits while the worker has other work to
+    finish (``busy``): finishing it frees the inputs it reads. A worker
+    with nothing to do takes one root whatever its memory, so that work
+    never stops for memory alone, as under Dask's default.
+
+    ``room``: bytes below the threshold (``math.inf`` without a limit);
+    ``size(key)``: a root's expected output, negative when unknown (then
+    counted as nothing).
+
+    Examples
+    --------
+    >>> m = Memory(room=100.0, size=lambda key: 60.0, busy=True)
+    >>> m.admit("a", taken=False), m.admit("b", taken=True), m.room
+    (True, False, 40.0)
+    >>> Memory(room=-5.0, size=lambda key: 60.0, busy=False).admit("a", taken=False)
+    True
+    """
+
+    __slots__ = ("room", "size", "busy")
+
+    def __init__(self, room: float, size: Callable[[Hashable], float], busy: bool):
+        self.room = room
+        self.size = size
+        self.busy = busy
+
+    def admit(self, key: Hashable, taken: bool, wanted: bool = False) -> bool:
+        """May ``key`` be released? ``taken``: whether roots were already
+        taken now; ``wanted``: a small root that readers on other workers wait
+        for (see :func:`note_wanted`), always admitted: its readers free
+        memory there."""
+        need = max(self.size(key), 0.0)
+        if need > self.room and (self.busy or taken) and not wanted:
+            return False
+        self.room -= need
+        return True
+
+
 def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
                waiting_for_inputs: Callable[[], int] | None = None) -> int:
     """How many held roots a worker may be sent now.
@@ -71,15 +116,17 @@ def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
 
 
 def take(queues: Queues, addr: str, free: int,
-         status: Callable[[Hashable], Status]) -> list[Hashable]:
+         status: Callable[[Hashable], Status],
+         memory: Memory | None = None) -> list[Hashable]:
     """Take up to ``free`` held roots off ``addr``'s queue, and return them.
 
     First the roots that readers on other workers wait for
     (``queues.wanted[addr]``, see :func:`note_wanted`), ahead of the
     queue's order; then the queue in priority order. A root whose inputs
-    are not ready stays queued; one that is gone is forgotten. Taken keys
-    leave ``held_at``: the caller releases them. O(taken + skipped) heap
-    operations.
+    are not ready stays queued; one that is gone is forgotten. With a
+    ``memory`` budget, taking from the queue stops at the first root whose
+    expected output does not fit in it (see :class:`Memory`). Taken keys leave ``held_at``:
+    the caller releases them. O(taken + skipped) heap operations.
 
     Examples
     --------
@@ -100,6 +147,8 @@ def take(queues: Queues, addr: str, free: int,
         del wanted[key]
         if held_at.get(key) != addr or status(key) is not Status.READY:
             continue  # moved, released, done, or its inputs are not ready
+        if memory is not None:  # small, and readers elsewhere wait for it: no limit
+            memory.admit(key, bool(out), wanted=True)
         del held_at[key]  # (its heap entry is skipped below)
         out.append(key)
         free -= 1
@@ -120,6 +169,10 @@ def take(queues: Queues, addr: str, free: int,
             del held_at[key]
         elif s is Status.LATER:
             later.append(entry)
+        elif memory is not None and not memory.admit(key, bool(out)):
+            later.append(entry)
+            queues.n_memory_waits += 1
+            break
         else:
             del held_at[key]
             out.append(key)

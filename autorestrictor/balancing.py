@@ -53,7 +53,10 @@ def maybe_rebalance(scheduler, st: State, force: bool = False) -> bool:
 def _rebalance(scheduler, st: State, running: list) -> bool:
     tasks = scheduler.tasks
     mov = {ws.address: movable(st, ws.address) for ws in running}
-    idle = [a for a, m in mov.items() if not m]
+    # A worker past its spill threshold takes no work, however idle.
+    spill = intake.spill_fraction()
+    idle = [ws.address for ws in running if not mov[ws.address]
+            and intake.memory_room(ws, spill, st.learned) > 0]
     slowdown = st.learned.slowdowns(ws.address for ws in running)
     # Slow stays slow until its run is done: a thief that took a slow
     # worker's expensive chunks becomes as slow, and the median with it.

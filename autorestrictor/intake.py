@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from collections import Counter
 from collections.abc import Hashable, Iterable
 
@@ -288,6 +289,31 @@ def fetching(ws) -> int:
         if any(d in needs for d in ts.dependencies):
             n += 1
     return n
+
+
+def spill_fraction() -> float | None:
+    """The fraction of ``memory_limit`` past which Dask's workers spill
+    managed memory to disk (``distributed.worker.memory.target``, else
+    ``.spill``), as this process's Dask config says; ``None``: never."""
+    for name in ("target", "spill"):
+        x = dask.config.get(f"distributed.worker.memory.{name}", None)
+        if x:
+            return float(x)
+    return None
+
+
+def memory_room(ws, fraction: float | None, learned: Learned) -> float:
+    """Bytes ``ws`` may still take before it spills: ``fraction`` of its
+    ``memory_limit``, less the managed memory it holds (Dask's own measure,
+    spilled data excluded) and what its running tasks are expected to
+    produce (at most :data:`FETCH_SCAN` of them looked at); ``math.inf``
+    without a limit."""
+    if not fraction or not ws.memory_limit:
+        return math.inf
+    coming = 0.0
+    for ts in itertools.islice(ws.processing, FETCH_SCAN):
+        coming += max(output_bytes(ts, learned), 0.0)
+    return fraction * ws.memory_limit - ws.memory.managed - coming
 
 
 def held_status(tasks, key) -> Status:

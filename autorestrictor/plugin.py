@@ -240,7 +240,11 @@ class AutoRestrictor(SchedulerPlugin):
         def status(key):
             return intake.held_status(tasks, key)
 
+        def size(key):
+            return self._size(tasks[key])
+
         released = []
+        spill = intake.spill_fraction()
         for addr in list(q.held):
             ws = scheduler.workers.get(addr)
             if ws is None or ws not in scheduler.running:
@@ -248,8 +252,10 @@ class AutoRestrictor(SchedulerPlugin):
             free = admission.free_slots(
                 ws.nthreads, len(ws.processing) - len(ws.long_running), saturation,
                 len(q.held[addr]), (lambda ws=ws: intake.fetching(ws)) if ws.needs_what else None)
+            room = intake.memory_room(ws, spill, self.state.learned) if free > 0 else math.inf
+            memory = None if room == math.inf else admission.Memory(room, size, bool(ws.processing))
             here = {addr}
-            for key in admission.take(q, addr, free, status):
+            for key in admission.take(q, addr, free, status, memory):
                 released.append((key, addr))
                 admission.note_wanted(q, tasks[key], here, admission.WANTED_MISSING + 1,
                                       self._size, self.options.light_edge_fraction)

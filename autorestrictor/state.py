@@ -89,6 +89,7 @@ class Queues:
     wanted: dict[str, dict[Key, Any]] = dataclasses.field(default_factory=dict)
     wanted_new: bool = False  # one was found since the last release
     n_wanted: int = 0  # roots released out of turn so far
+    n_memory_waits: int = 0  # releases that stopped short for memory (admission.Memory)
     seq: int = 0
 
     def hold(self, addr: str, priority: tuple | None, key: Key) -> None:

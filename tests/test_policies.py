@@ -170,6 +170,41 @@ def test_wanted_roots_jump_the_queue_only_when_ready_and_still_owned():
     assert q.held_at == {"y": "w", "m": "v"}
 
 
+def _sized(sizes: dict) -> object:
+    return sizes.get
+
+
+@pytest.mark.parametrize("busy, expected", [(True, ["a"]), (False, ["a"])])
+def test_take_stops_at_the_first_root_that_would_pass_the_spill_threshold(busy, expected):
+    q = _queues([("w", (1,), "a"), ("w", (2,), "b"), ("w", (3,), "c")])
+    memory = admission.Memory(room=100.0, size=_sized({"a": 60, "b": 60, "c": 10}), busy=busy)
+    assert take(q, "w", 3, lambda k: Status.READY, memory) == expected
+    assert q.held_at == {"b": "w", "c": "w"}, "b waits, and c, small, does not pass it"
+    assert q.n_memory_waits == 1
+    assert memory.room == 40.0
+
+
+def test_a_worker_with_nothing_to_do_takes_one_root_past_the_threshold():
+    q = _queues([("w", (1,), "a"), ("w", (2,), "b")])
+    idle = admission.Memory(room=-1.0, size=_sized({"a": 60, "b": 60}), busy=False)
+    assert take(q, "w", 2, lambda k: Status.READY, idle) == ["a"]
+    busy = admission.Memory(room=-1.0, size=_sized({"a": 60, "b": 60}), busy=True)
+    assert take(q, "w", 2, lambda k: Status.READY, busy) == []
+    assert q.held_at == {"b": "w"} and q.n_memory_waits == 2
+
+
+def test_unknown_sizes_count_as_nothing_and_wanted_roots_are_always_taken():
+    q = _queues([("w", (1,), "a"), ("w", (2,), "b"), ("w", (3,), "z")])
+    q.wanted["w"] = {"z": None}
+    memory = admission.Memory(room=10.0, size=_sized({"a": -1, "b": 6, "z": 8}), busy=True)
+    assert take(q, "w", 3, lambda k: Status.READY, memory) == ["z", "a"]
+    assert memory.room == 2.0, "the wanted root's bytes are counted, the unknown's not"
+    assert q.held_at == {"b": "w"}
+    q.wanted["w"] = {"b": None}
+    memory = admission.Memory(room=-3.0, size=_sized({"b": 6}), busy=True)
+    assert take(q, "w", 1, lambda k: Status.READY, memory) == ["b"], "wanted: past it"
+
+
 class _Task(SimpleNamespace):
     """A hand-made task with the attributes admission reads (hashed by identity,
     as Dask's ``TaskState``)."""

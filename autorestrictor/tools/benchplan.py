@@ -176,7 +176,9 @@ def main(args: argparse.Namespace) -> int:
                 f"plugin {share['plugin_s']:.3f} s (reading {share['read_s']:.3f} s, "
                 f"planning {share['plan_s']:.3f} s, pinning {share['pin_s']:.3f} s, "
                 f"units {share['units_s']:.3f} s): "
-                f"{share['share']:.1%} of the scheduler's own time", flush=True)
+                f"{share['share']:.1%} of the scheduler's own time"
+                + (f"; the plugin stepped back: {share['reason']}" if share["reason"] else ""),
+                flush=True)
         out["update_graph"] = shares
         if len(shares) > 1:
             print(f"median share: {statistics.median(s['share'] for s in shares):.1%}")
