@@ -50,36 +50,45 @@ class Memory:
     worker's managed memory, plus what its running tasks are expected to
     produce, past that threshold waits while the worker has other work to
     finish (``busy``): finishing it frees the inputs it reads. A worker
-    with nothing to do takes one root whatever its memory, so that work
-    never stops for memory alone, as under Dask's default.
+    with nothing to do past its threshold takes one root only if it is
+    the first of all held roots in priority order (``front``, see
+    :meth:`autorestrictor.state.Queues.front`): the worker that holds that
+    root always takes it, so the graph always moves on, in the order Dask's
+    shared queue would, and a worker whose open results wait for other
+    workers' roots does not run ahead of them.
 
-    ``room``: bytes below the threshold (``math.inf`` without a limit);
-    ``size(key)``: a root's expected output, negative when unknown (then
-    counted as nothing).
+    ``room``: bytes below the threshold; ``size(key)``: a root's expected
+    output, negative when unknown (then counted as nothing).
 
     Examples
     --------
     >>> m = Memory(room=100.0, size=lambda key: 60.0, busy=True)
-    >>> m.admit("a", taken=False), m.admit("b", taken=True), m.room
+    >>> m.admit("a", (5,), taken=False), m.admit("b", (6,), taken=True), m.room
     (True, False, 40.0)
-    >>> Memory(room=-5.0, size=lambda key: 60.0, busy=False).admit("a", taken=False)
-    True
+    >>> idle = Memory(room=-5.0, size=lambda key: 60.0, busy=False, front=(1,))
+    >>> idle.admit("a", (1,), taken=False), idle.admit("b", (2,), taken=False)
+    (True, False)
     """
 
-    __slots__ = ("room", "size", "busy")
+    __slots__ = ("room", "size", "busy", "front")
 
-    def __init__(self, room: float, size: Callable[[Hashable], float], busy: bool):
+    def __init__(self, room: float, size: Callable[[Hashable], float], busy: bool,
+                 front: tuple | None = None):
         self.room = room
         self.size = size
         self.busy = busy
+        self.front = front
 
-    def admit(self, key: Hashable, taken: bool, wanted: bool = False) -> bool:
-        """May ``key`` be released? ``taken``: whether roots were already
-        taken now; ``wanted``: a small root that readers on other workers wait
-        for (see :func:`note_wanted`), always admitted: its readers free
-        memory there."""
+    def admit(self, key: Hashable, priority: tuple, taken: bool,
+              wanted: bool = False) -> bool:
+        """May ``key`` (of ``priority``) be released? ``taken``: whether
+        roots were already taken now; ``wanted``: a small root that readers
+        on other workers wait for (see :func:`note_wanted`), always
+        admitted: its readers free memory there."""
         need = max(self.size(key), 0.0)
-        if need > self.room and (self.busy or taken) and not wanted:
+        if need > self.room and not wanted and (
+            self.busy or taken or (self.front is not None and priority > self.front)
+        ):
             return False
         self.room -= need
         return True
@@ -148,7 +157,7 @@ def take(queues: Queues, addr: str, free: int,
         if held_at.get(key) != addr or status(key) is not Status.READY:
             continue  # moved, released, done, or its inputs are not ready
         if memory is not None:  # small, and readers elsewhere wait for it: no limit
-            memory.admit(key, bool(out), wanted=True)
+            memory.admit(key, (), bool(out), wanted=True)
         del held_at[key]  # (its heap entry is skipped below)
         out.append(key)
         free -= 1
@@ -169,7 +178,7 @@ def take(queues: Queues, addr: str, free: int,
             del held_at[key]
         elif s is Status.LATER:
             later.append(entry)
-        elif memory is not None and not memory.admit(key, bool(out)):
+        elif memory is not None and not memory.admit(key, entry.priority, bool(out)):
             later.append(entry)
             queues.n_memory_waits += 1
             break

@@ -245,6 +245,7 @@ class AutoRestrictor(SchedulerPlugin):
 
         released = []
         spill = intake.spill_fraction()
+        front: tuple | None | bool = False  # (looked up once, when first needed)
         for addr in list(q.held):
             ws = scheduler.workers.get(addr)
             if ws is None or ws not in scheduler.running:
@@ -253,7 +254,11 @@ class AutoRestrictor(SchedulerPlugin):
                 ws.nthreads, len(ws.processing) - len(ws.long_running), saturation,
                 len(q.held[addr]), (lambda ws=ws: intake.fetching(ws)) if ws.needs_what else None)
             room = intake.memory_room(ws, spill, self.state.learned) if free > 0 else math.inf
-            memory = None if room == math.inf else admission.Memory(room, size, bool(ws.processing))
+            memory = None
+            if room != math.inf:
+                if front is False:
+                    front = q.front()
+                memory = admission.Memory(room, size, bool(ws.processing), front)
             here = {addr}
             for key in admission.take(q, addr, free, status, memory):
                 released.append((key, addr))

@@ -117,6 +117,19 @@ class Queues:
             heap.extend(items)
             heapq.heapify(heap)
 
+    def front(self) -> tuple | None:
+        """The lowest priority of any held root on any queue (the root Dask's
+        own queue would send next); ``None`` when nothing is held. Stale
+        heads (keys moved to another queue or released) are dropped on the
+        way: O(workers) plus those."""
+        best = None
+        for addr, heap in self.held.items():
+            while heap and self.held_at.get(heap[0].key) != addr:
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0].priority < best):
+                best = heap[0].priority
+        return best
+
     def drop_worker(self, addr: str) -> None:
         """Forget ``addr``'s queue (its keys are re-homed by the caller)."""
         for entry in self.held.pop(addr, ()):

@@ -193,6 +193,28 @@ def test_a_worker_with_nothing_to_do_takes_one_root_past_the_threshold():
     assert q.held_at == {"b": "w"} and q.n_memory_waits == 2
 
 
+def test_past_the_threshold_an_idle_worker_takes_only_the_first_root_of_all():
+    q = _queues([("w", (2,), "b"), ("w", (3,), "c"), ("v", (1,), "a"), ("v", (4,), "d")])
+    assert q.front() == (1,)
+
+    def memory():
+        return admission.Memory(room=-1.0, size=lambda k: 8.0, busy=False, front=q.front())
+
+    assert take(q, "w", 2, lambda k: Status.READY, memory()) == [], "v's a comes first"
+    assert take(q, "v", 2, lambda k: Status.READY, memory()) == ["a"]
+    assert q.front() == (2,)
+    assert take(q, "w", 2, lambda k: Status.READY, memory()) == ["b"], "now w's b does"
+
+
+def test_the_front_skips_roots_moved_or_released():
+    q = _queues([("w", (1,), "a"), ("w", (5,), "b"), ("v", (3,), "c")])
+    q.hold("v", (1,), "a")  # moved: w's entry is stale
+    assert q.front() == (1,)
+    del q.held_at["a"]  # released
+    assert q.front() == (3,)
+    assert [e.key for e in q.held["w"]] == ["b"], "stale heads are dropped"
+
+
 def test_unknown_sizes_count_as_nothing_and_wanted_roots_are_always_taken():
     q = _queues([("w", (1,), "a"), ("w", (2,), "b"), ("w", (3,), "z")])
     q.wanted["w"] = {"z": None}
