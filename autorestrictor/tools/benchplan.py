@@ -101,7 +101,9 @@ def update_graph_share(n_chunks: int = 150_000, n_workers: int = 4) -> dict:
 
     with LocalCluster(
         n_workers=n_workers, threads_per_worker=1, processes=False,
-        dashboard_address=None,
+        # No memory limit: these in-process workers share the scheduler's
+        # RSS, and a graph of millions of tasks would pause them all.
+        memory_limit=0, dashboard_address=None,
     ) as cluster, Client(cluster) as client:
         client.register_plugin(AutoRestrictor())
         scheduler = cluster.scheduler
