@@ -38,6 +38,7 @@ class Options:
     partition_factor: float
     light_edge_fraction: float
     balance_tolerance: float
+    balanced_tolerance: float
     max_cut_fraction: float
     admission: bool
     rebalance: bool

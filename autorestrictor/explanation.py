@@ -25,7 +25,7 @@ from typing import Any
 
 import dask
 import numpy as np
-from dask.utils import key_split, parse_timedelta
+from dask.utils import key_split, parse_bytes, parse_timedelta
 
 from autorestrictor.config import Options
 from autorestrictor.datamap import (
@@ -255,9 +255,11 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
     """What a fresh cluster of ``workers`` would tell the planner."""
     unknown = parse_timedelta(
         dask.config.get("distributed.scheduler.unknown-task-duration", default="500ms"))
+    bandwidth = parse_bytes(dask.config.get("distributed.scheduler.bandwidth", default=100e6))
     return {
         "installed": False, "options": {}, "workers": workers, "busy": {}, "learned": {},
         "expected": dict.fromkeys(prefixes, float(unknown)), "who_has": {}, "nbytes": {},
+        "bandwidth": float(bandwidth),
     }
 
 
@@ -287,6 +289,7 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
         "busy": intake.busy(st, workers, unknown) if st is not None else {},
         "learned": learned.sizes(),
         "expected": expected, "who_has": who_has, "nbytes": nbytes,
+        "bandwidth": float(s.bandwidth),
     }
 
 
@@ -312,7 +315,7 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict
         "plan": {
             "nbytes": sizes.nbytes, "priority": priority, "who_has": who_has, "skip": skip,
             "cost": {k: view["expected"][prefixes[k]] for k in keys},
-            "busy": view["busy"], "placed_at_run_time": p2p,
+            "busy": view["busy"], "placed_at_run_time": p2p, "bandwidth": view["bandwidth"],
         },
     }
 

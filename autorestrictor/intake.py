@@ -48,6 +48,7 @@ class GraphInputs:
     cost: np.ndarray  # in the order of dependencies
     busy: dict[str, float]
     placed_at_run_time: list
+    bandwidth: float  # bytes per second between workers, as the scheduler measures it
     sizes: Sizes
 
     def plan_kwargs(self) -> dict:
@@ -138,7 +139,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
         cost=np.array(cost, dtype=np.float64), busy=busy(state, workers, unknown),
-        placed_at_run_time=p2p, sizes=sizes,
+        placed_at_run_time=p2p, bandwidth=float(scheduler.bandwidth), sizes=sizes,
     )
 
 

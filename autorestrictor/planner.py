@@ -26,6 +26,7 @@ data sizes and balance:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import operator
@@ -59,6 +60,12 @@ Key = Hashable
 #: keep every worker within ``balance-tolerance``; this only picks the faster
 #: one, and at 5% the vectorised pass errs by at most 2.5% of a share.
 _SMALL_ITEM = 0.05
+
+#: Pieces of the balanced alternative plan (see ``_fastest``), as a fraction
+#: of a worker's share: small enough to be dealt in the vectorised pass, so
+#: that contiguous runs of them end within a few percent of each share and
+#: the seams fall only between workers' runs.
+_FINE = _SMALL_ITEM
 
 #: A result read by more than this many tasks per worker reaches every
 #: worker whatever the plan (a global mean, a coordinate array), so its pull
@@ -106,6 +113,10 @@ class Plan:
         Decisions worth knowing (groups left to Dask as all-to-all, ...).
     plan_s:
         Seconds spent planning.
+    finish:
+        Predicted seconds until each worker (in the order of ``workers``)
+        finishes its pinned work, when the planner was given a bandwidth
+        (see :func:`predicted_finish`); otherwise ``None``.
     rank_of:
         For each pinned key, its place in the run order (dask.order's
         priority where given): sorting by it lists the pinned keys in the
@@ -126,6 +137,7 @@ class Plan:
     unit_of: np.ndarray | None = field(default=None, repr=False)
     sizes: dict | None = None
     rank_of: np.ndarray | None = field(default=None, repr=False)
+    finish: tuple[float, ...] | None = None
 
     @property
     def units(self) -> np.ndarray:
@@ -177,6 +189,8 @@ class Plan:
             "reason": self.reason,
             "notes": list(self.notes),
             "sizes": self.sizes,
+            **({"predicted_finish_s": dict(zip(self.workers, self.finish))}
+               if self.finish is not None else {}),
         }
 
 
@@ -191,6 +205,7 @@ def plan(
     cost: Mapping[Key, float] | None = None,
     busy: Mapping[str, float] | None = None,
     placed_at_run_time: Collection[Key] = (),
+    bandwidth: float | None = None,
     **options: Any,
 ) -> Plan:
     """Decide which tasks of a graph to pin to which worker.
@@ -233,6 +248,14 @@ def plan(
         ``address -> work already waiting on that worker``, in the units of
         ``cost`` (pinned work of earlier graphs). Work is dealt so that every
         worker finishes together: a busy worker gets less of this graph.
+    bandwidth:
+        Bytes per second between workers (the scheduler's measured
+        bandwidth), with ``cost`` in seconds. Given, the plan predicts each
+        worker's finish (its compute seconds plus the seconds to receive
+        what it reads from other workers, see :func:`predicted_finish`), and
+        when the plan within ``balance-tolerance`` is uneven it is compared
+        with one within ``balanced-tolerance``: the one predicted to finish
+        first is taken.
     **options:
         Overrides of the configuration (each described in
         ``autorestrictor-schema.yaml``), e.g.
@@ -263,6 +286,9 @@ def plan(
     piece of a split group, never per edge or recursively.
     """
     opts = Options.from_config(**options)
+    if bandwidth is not None and not bandwidth > 0:
+        raise ValueError(f"bandwidth must be a positive number of bytes per second, "
+                         f"got {bandwidth!r}")
     start = perf_counter()
     addrs, threads = _check_workers(workers)
     g = build_graph(dependencies)
@@ -285,6 +311,10 @@ def plan(
     if reason is not None:
         return step_back(reason)
     worker_of, piece_of, notes = assign_all(a, pinnable, opts)
+    finish = None
+    if bandwidth is not None:
+        worker_of, piece_of, notes, finish = _fastest(
+            a, pinnable, opts, bandwidth, (worker_of, piece_of, notes))
     pinned = np.flatnonzero(worker_of >= 0)
     if len(pinned) < max(1, opts.min_tasks) and notes:
         # What is left after the all-to-all groups is not worth pinning.
@@ -307,6 +337,7 @@ def plan(
         cost_of=None if cost is None else a.cost[pinned],
         unit_of=_units(g, worker_of, piece_of, pinned),
         rank_of=a.rank[pinned],
+        finish=None if finish is None else tuple(finish.tolist()),
     )
 
 
@@ -546,7 +577,7 @@ def find_broadcasts(g: Graph, n_workers: int) -> np.ndarray:
 _ASSIGN_ROUNDS = 3
 
 
-def assign_all(a: Analysis, pinnable: np.ndarray, opts: Options) -> tuple[
+def assign_all(a: Analysis, pinnable: np.ndarray, opts: Options, fine: bool = False) -> tuple[
     np.ndarray, np.ndarray, list[str]
 ]:
     """Step 6, repeated while groups turn out to be all-to-all (see ``assign``).
@@ -557,7 +588,7 @@ def assign_all(a: Analysis, pinnable: np.ndarray, opts: Options) -> tuple[
     pinnable = pinnable.copy()
     notes: list[str] = []
     for _ in range(_ASSIGN_ROUNDS):
-        worker_of, piece_of, all_to_all, note = assign(a, pinnable, opts)
+        worker_of, piece_of, all_to_all, note = assign(a, pinnable, opts, fine=fine)
         if note:
             notes.append(note)
         if not all_to_all.any():
@@ -568,7 +599,7 @@ def assign_all(a: Analysis, pinnable: np.ndarray, opts: Options) -> tuple[
 
 
 def assign(
-    a: Analysis, pinnable: np.ndarray, opts: Options, spread: bool = False
+    a: Analysis, pinnable: np.ndarray, opts: Options, spread: bool = False, fine: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
     """Step 6. Give every pinnable node a worker (or -1 to leave it to Dask).
 
@@ -611,18 +642,23 @@ def assign(
     c = a.comp[nodes]
     first = np.full(a.comp.max() + 1, np.inf)
     np.minimum.at(first, c, a.structural[nodes])
-    order = np.lexsort((a.rank[nodes], c, first[c]))
+    # (Fine pieces are cut in the graph's own order, chunk order for Dask
+    # collections: contiguous chunks, so seams cut the fewest blocks of a
+    # tree reduction; whole groups keep the run order.)
+    within = a.structural if fine else a.rank
+    order = np.lexsort((within[nodes], c, first[c]))
     nodes, c = nodes[order], c[order]
     total = float(a.cost[nodes].sum())
     share = total / threads.sum()  # fair work per thread
-    piece_size = share * threads.mean()
+    whole = share * threads.mean()  # a worker's share
+    piece_size = whole * (_FINE if fine else 1.0)
 
     # b. Split heavy groups with parallelism.
     split = _groups_to_split(a, nodes, c, len(first), share, opts)
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
         sub = _split(a, nodes, c, split, piece_size, spread)
-        order = np.lexsort((a.rank[nodes], sub, c, first[c]))
+        order = np.lexsort((within[nodes], sub, c, first[c]))
         nodes, c, sub = nodes[order], c[order], sub[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
     piece = np.cumsum(boundary) - 1
@@ -646,12 +682,12 @@ def assign(
 
     # e. Leave all-to-all groups to Dask, and split groups whose pieces
     # could not be balanced (one root drags most of the group with it).
-    big = piece_load > (1 + opts.balance_tolerance) * piece_size * threads.max() / threads.mean()
+    big = piece_load > (1 + opts.balance_tolerance) * whole * threads.max() / threads.mean()
     lopsided = np.zeros(len(split), dtype=bool)
     lopsided[c[boundary][big]] = True
     lopsided &= split
     if lopsided.any() and not spread:
-        return assign(a, pinnable, opts, spread=True)
+        return assign(a, pinnable, opts, spread=True, fine=fine)
     frac = _cut_fractions(a, worker_of, split)
     cut = split & (frac > opts.max_cut_fraction)
     lopsided &= ~cut
@@ -1016,6 +1052,56 @@ def _crossing_fraction(
     both = (s >= 0) & (d >= 0) & heavy
     b = size[g.src[both]]
     return float((b * (s[both] != d[both])).sum() / max(float(b.sum()), 1e-300))
+
+
+def _fastest(a: Analysis, pinnable: np.ndarray, opts: Options, bandwidth: float,
+             first: tuple) -> tuple:
+    """Step 6, with time: the plan within ``balance-tolerance`` (``first``, the
+    result of :func:`assign_all`) or, if its predicted finish is uneven, the
+    one within ``balanced-tolerance``, whichever is predicted to finish
+    first. Returns ``(worker_of, piece_of, notes, finish per worker)``.
+
+    Splitting groups for balance adds seams; where sending is cheap next to
+    computing the balanced plan wins, where it is dear the plan with fewer
+    seams does. A second assignment is made only for an uneven plan.
+    """
+    worker_of, piece_of, notes = first
+    finish = predicted_finish(a, worker_of, bandwidth)
+    tight = opts.balanced_tolerance
+    if tight >= opts.balance_tolerance or finish.max() <= (1 + tight) * _even_finish(a, finish):
+        return worker_of, piece_of, notes, finish
+    alt = assign_all(a, pinnable, dataclasses.replace(opts, balance_tolerance=tight), fine=True)
+    alt_finish = predicted_finish(a, alt[0], bandwidth)
+    # (a plan that leaves more to Dask predicts nothing of what it leaves)
+    if (alt[0] >= 0).sum() >= (worker_of >= 0).sum() and alt_finish.max() < finish.max():
+        return (*alt, alt_finish)
+    return worker_of, piece_of, notes, finish
+
+
+def _even_finish(a: Analysis, finish: np.ndarray) -> float:
+    """The finish if every worker had the same share of threads' work."""
+    work = float((finish * a.threads).sum())
+    return work / float(a.threads.sum())
+
+
+def predicted_finish(a: Analysis, worker_of: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Predicted seconds until each worker finishes its part of the plan.
+
+    Its work already waiting (``busy``) and its pinned compute (``cost``, in
+    seconds), over its threads, plus the seconds to receive, at
+    ``bandwidth`` bytes per second, each output it reads that is made or
+    held on another worker (once per output). Tasks left to Dask count on
+    no worker. O(edges log edges).
+    """
+    g, n_w = a.g, a.n_workers
+    pinned = worker_of >= 0
+    compute = np.bincount(worker_of[pinned], weights=a.cost[pinned], minlength=n_w)
+    where = np.where(pinned, worker_of, a.located)
+    src_w, dst_w = where[g.src], worker_of[g.dst]
+    cross = (src_w >= 0) & (dst_w >= 0) & (src_w != dst_w)
+    pairs = np.unique(g.src[cross] * n_w + dst_w[cross])
+    received = np.bincount(pairs % n_w, weights=a.size[pairs // n_w], minlength=n_w)
+    return (a.busy + compute) / a.threads + received / bandwidth
 
 
 def predicted_transfer(

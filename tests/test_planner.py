@@ -281,6 +281,7 @@ def test_small_graph_and_single_worker_step_back():
         ({"a": []}, W2, {"nbytes": {"a": -1}}, ValueError, "nbytes"),
         ({"a": []}, W2, {"priority": {"a": (1, 2)}}, ValueError, "priority"),
         ({"a": []}, W2, {"balance_tolerance": -1}, ValueError, "balance-tolerance"),
+        ({"a": []}, W2, {"bandwidth": 0}, ValueError, "bandwidth must be a positive"),
         ({"a": []}, W2, {"min_tasks": 0}, ValueError, "min-tasks"),
         ({"a": []}, W2, {"bogus": 1}, TypeError, "bogus"),
     ],
@@ -625,3 +626,48 @@ def test_an_array_of_the_wrong_length_is_refused():
         plan(deps, W2, cost=np.ones(2), min_tasks=1)
     with pytest.raises(ValueError, match="priority values must be finite"):
         plan(deps, W2, priority=np.array([0.0, np.inf, 1.0]), min_tasks=1)
+
+
+def _lopsided_sums(sizes=(16, 16, 16, 2)) -> dict:
+    """Groups of roots summed pairwise up to one task (a tree reduction): on 4
+    workers within a tolerance of 0.3 the three big groups (31 tasks each)
+    land whole and the fourth worker gets the small one (3 tasks)."""
+    deps: dict = {}
+    for g, n in enumerate(sizes):
+        level = [f"r{g}-{i}" for i in range(n)]
+        deps.update(dict.fromkeys(level, []))
+        depth = 0
+        while len(level) > 1:
+            depth += 1
+            nxt = [f"s{g}-{depth}-{i}" for i in range(len(level) // 2)]
+            for i, k in enumerate(nxt):
+                deps[k] = level[2 * i : 2 * i + 2]
+            level = nxt
+    return deps
+
+
+def test_predicted_finish_is_compute_plus_what_a_worker_receives():
+    deps = _lopsided_sums()
+    nbytes = {k: 10.0 for k in deps}
+    cost = np.array([2.0 if k.startswith("r") else 1.0 for k in deps])
+    p = plan(deps, W4, min_tasks=1, nbytes=nbytes, cost=cost, bandwidth=4.0)
+    at = p.assignment
+    assert set(at) == set(deps)
+    expected = dict.fromkeys(p.workers, 0.0)
+    for k, inputs in deps.items():
+        expected[at[k]] += 2.0 if k.startswith("r") else 1.0
+        for w in {at[d] for d in inputs} - {at[k]}:  # each output sent once to w
+            expected[at[k]] += sum(10.0 for d in inputs if at[d] == w) / 4.0
+    assert dict(zip(p.workers, p.finish)) == pytest.approx(expected)
+
+
+def test_an_uneven_plan_gives_way_to_a_balanced_one_where_sending_is_cheap():
+    deps = _lopsided_sums()
+    uneven = plan(deps, {f"w{i}": 1 for i in range(4)}, min_tasks=1, bandwidth=None)
+    assert sorted(uneven.load.values()) == [3, 31, 31, 31], "no time model: bytes first"
+    cheap = plan(deps, {f"w{i}": 1 for i in range(4)}, min_tasks=1, bandwidth=1e12)
+    assert max(cheap.finish) <= 1.05 * np.mean(cheap.finish)
+    assert cheap.predicted_bytes > uneven.predicted_bytes, "balance costs a few partial sums"
+    dear = plan(deps, {f"w{i}": 1 for i in range(4)}, min_tasks=1, bandwidth=1e-6)
+    assert sorted(dear.load.values()) == [3, 31, 31, 31], "sending dominates: locality wins"
+    assert dear.finish is not None
