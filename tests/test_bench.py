@@ -181,9 +181,9 @@ def test_workload_is_deterministic(name):
 
 def test_all_workloads_registered():
     assert set(WORKLOADS) == {
-        "seed-sum", "a-plus-b", "anom-mean", "vorticity", "double-diff", "rechunk-swap",
-        "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle", "chains",
-        "broadcast", "two-pass", *ELASTIC_WORKLOADS,
+        "seed-sum", "seed-sum-2w", "a-plus-b", "anom-mean", "vorticity", "double-diff",
+        "rechunk-swap", "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle",
+        "chains", "qr", "svd", "broadcast", "two-pass", *ELASTIC_WORKLOADS,
     }
     assert set(ELASTIC_WORKLOADS) == {
         "slow-worker", "skewed-cost", "scale-up", "join-mid-run", "concurrent-graphs",
