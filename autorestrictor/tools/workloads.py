@@ -517,7 +517,7 @@ def _scale_during(client, cluster, t0: float, scale: float, *, n: int, delay: fl
 
     Waits until all new workers have registered with the scheduler, noting
     when each was first seen (polling every 20 ms).  New workers get
-    LocalCluster's worker spec: one thread, no memory limit.
+    the cluster's worker spec: one thread, the bench's memory limit if any.
 
     Returns
     -------
