@@ -672,6 +672,110 @@ def _deltas(before: dict, after: dict, paused_before: dict, paused_after: dict) 
     }
 
 
+def _workload_spec(workload: str, mode: str):
+    """The :class:`~autorestrictor.tools.workloads.Workload` called ``workload``;
+    ``ValueError`` for an unknown workload or mode."""
+    from autorestrictor.tools.workloads import WORKLOADS
+
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    return WORKLOADS[workload]
+
+
+def _run_config(mode: str) -> dict[str, Any]:
+    """Dask config of a run in ``mode``, set before its cluster starts."""
+    config: dict[str, Any] = {
+        # Keep every task of the run in the task stream.
+        "distributed.scheduler.dashboard.tasks.task-stream-length": 1_000_000,
+    }
+    if mode == "no-queuing":
+        config["distributed.scheduler.worker-saturation"] = float("inf")
+    return config
+
+
+def _register_plugins(client, cluster, mode: str, spec, stack: contextlib.ExitStack):
+    """Before anything is submitted: the pause counter, the AutoRestrictor in
+    its mode and, for an adaptive workload, :class:`_CountersAtClose` and
+    Dask's ``Adaptive``.  Returns ``(adaptive, directory the retiring workers
+    write to)``, both ``None`` for other workloads."""
+    client.register_plugin(_PauseCounter())
+    if mode == "autorestrictor":
+        from autorestrictor import AutoRestrictor
+
+        client.register_plugin(AutoRestrictor())
+    if spec.adapt is None:
+        return None, None
+    closed_dir = stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="autorestrictor-bench-closed-"))
+    client.register_plugin(_CountersAtClose(closed_dir))
+    return cluster.adapt(**spec.adapt), closed_dir
+
+
+def _compute(spec, client, collections: list) -> tuple[list, dict]:
+    """Compute the workload's collections (through its ``submit`` hook, if it
+    has one).  Returns the results and the extra row fields the hook gave."""
+    if spec.submit is None:
+        return client.compute(collections, sync=True), {}
+    results = spec.submit(client, collections)
+    if isinstance(results, dict):
+        return results["results"], {k: v for k, v in results.items() if k != "results"}
+    return results, {}
+
+
+def _counters_after(client, names: dict, closed_dir: str | None,
+                    t0: float) -> tuple[dict, list]:
+    """After the compute: :func:`_worker_counters` of every worker and the
+    ``(seconds, bytes)`` each received since ``t0``, including those of the
+    workers in ``names`` that ``Adaptive`` retired meanwhile (what they wrote
+    to ``closed_dir`` as they closed)."""
+    after = client.run(_worker_counters)
+    incoming = list(client.run(_incoming_transfers, t0).values())
+    if closed_dir is not None:
+        gone = set(names) - set(after)
+        for addr, (counters, received) in _closed_counters(closed_dir, gone, t0).items():
+            after[addr] = counters
+            incoming.append(received)
+    return after, incoming
+
+
+def _event_fields(events: dict | None, stream: list[dict], workers: int,
+                  t0: float) -> dict[str, Any]:
+    """Row fields of a run whose cluster changed: its ``events``, the most
+    workers at once and what the workers that joined ran."""
+    if events is None:
+        return {}
+    out: dict[str, Any] = {"events": events}
+    if "most_workers" in events:
+        out["most_workers"] = events["most_workers"]
+    if events.get("joins"):
+        out.update(_join_summary(stream, events["joins"], workers, t0))
+    return out
+
+
+def _details(stream: list[dict], sampler: RssSampler, t0: float) -> dict[str, Any]:
+    """The task stream (``"stream"``) and RSS samples (``"memory"``) of a
+    run, in seconds since ``t0``."""
+    from dask.utils import key_split
+
+    return {
+        "stream": [
+            {
+                "worker": rec["worker"],
+                "key": str(rec["key"]),
+                "prefix": key_split(rec["key"]),
+                "startstops": [
+                    {"action": ss["action"], "start": ss["start"] - t0, "stop": ss["stop"] - t0}
+                    for ss in rec["startstops"]
+                ],
+            }
+            for rec in stream
+        ],
+        "memory": {"t": [t - t0 for t in sampler.times], "rss": sampler.rss},
+    }
+
+
 def measure(
     workload: str,
     mode: str,
@@ -714,41 +818,19 @@ def measure(
         One result row (see :data:`ROW_KEYS`).
     """
     import dask
-    from dask.utils import key_split
     from distributed import Client, get_task_stream
 
-    from autorestrictor.tools.workloads import WORKLOADS, checksum
+    from autorestrictor.tools.workloads import checksum
 
-    if workload not in WORKLOADS:
-        raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    spec = WORKLOADS[workload]
+    spec = _workload_spec(workload, mode)
     workers = spec.workers if spec.workers is not None else workers
 
-    config: dict[str, Any] = {
-        # Keep every task of the run in the task stream.
-        "distributed.scheduler.dashboard.tasks.task-stream-length": 1_000_000,
-    }
-    if mode == "no-queuing":
-        config["distributed.scheduler.worker-saturation"] = float("inf")
-
-    with contextlib.ExitStack() as stack, dask.config.set(config), \
+    with contextlib.ExitStack() as stack, dask.config.set(_run_config(mode)), \
             _cluster(workers, link, memory_limit) as (cluster, host), \
             Client(cluster) as client:
         _wait_for_workers(client, cluster, workers, link)
         link_row = probe_link(client, link, host) if link is not None else None
-        client.register_plugin(_PauseCounter())
-        if mode == "autorestrictor":
-            from autorestrictor import AutoRestrictor
-
-            client.register_plugin(AutoRestrictor())
-        adaptive = None
-        if spec.adapt is not None:
-            closed_dir = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="autorestrictor-bench-closed-"))
-            client.register_plugin(_CountersAtClose(closed_dir))
-            adaptive = cluster.adapt(**spec.adapt)
+        adaptive, closed_dir = _register_plugins(client, cluster, mode, spec, stack)
 
         info = client.scheduler_info(n_workers=-1)["workers"]
         limit = _memory_limit_of(info, memory_limit)
@@ -760,40 +842,24 @@ def measure(
         with RssSampler(pids, cpu_only=cpu_only) as sampler, get_task_stream(client) as ts:
             t0 = time.time()
             collections = spec.build(scale, client)
-            during = (
-                _During(spec.during, client, cluster, t0, scale, sampler, names)
-                if spec.during else None
-            )
+            during = (_During(spec.during, client, cluster, t0, scale, sampler, names)
+                      if spec.during else None)
             watch = _WorkerWatch(client, t0, sampler, names) if adaptive is not None else None
-            extra: dict = {}
-            if spec.submit is not None:
-                results = spec.submit(client, collections)
-                if isinstance(results, dict):
-                    extra = {k: v for k, v in results.items() if k != "results"}
-                    results = results["results"]
-            else:
-                results = client.compute(collections, sync=True)
+            results, extra = _compute(spec, client, collections)
             wall = time.time() - t0
             events = during.join(timeout=300) if during else None
             if adaptive is not None:
                 _stop_adapting(cluster, adaptive)
                 events = {**(events or {}), "adapt": spec.adapt, **watch.stop()}
 
-        after, paused_after = client.run(_worker_counters), client.run_on_scheduler(_pause_counts)
-        incoming = list(client.run(_incoming_transfers, t0).values())
-        if adaptive is not None:  # workers retired meanwhile: what they wrote as they closed
-            gone = set(names) - set(after)
-            for addr, (counters, received) in _closed_counters(closed_dir, gone, t0).items():
-                after[addr] = counters
-                incoming.append(received)
+        paused_after = client.run_on_scheduler(_pause_counts)
+        after, incoming = _counters_after(client, names, closed_dir, t0)
         info = client.scheduler_info(n_workers=-1)["workers"]
         names.update({addr: f"w{info[addr]['name']}" for addr in info})
         plans = (_plan_summary(client) if mode == "autorestrictor"
                  else {"plan_s": 0.0, "predicted_bytes": None})
 
-    stream = [
-        {**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data
-    ]
+    stream = [{**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data]
     shares = _compute_shares(stream, set(names.values()))
     row: dict[str, Any] = {
         "workload": workload,
@@ -816,30 +882,10 @@ def measure(
         "cores": os.cpu_count(),
         **plans,
         **extra,
+        **_event_fields(events, stream, workers, t0),
     }
-    if events is not None:
-        row["events"] = events
-        if "most_workers" in events:
-            row["most_workers"] = events["most_workers"]
-        if events.get("joins"):
-            row.update(_join_summary(stream, events["joins"], workers, t0))
     if details:
-        row["stream"] = [
-            {
-                "worker": rec["worker"],
-                "key": str(rec["key"]),
-                "prefix": key_split(rec["key"]),
-                "startstops": [
-                    {"action": ss["action"], "start": ss["start"] - t0, "stop": ss["stop"] - t0}
-                    for ss in rec["startstops"]
-                ],
-            }
-            for rec in stream
-        ]
-        row["memory"] = {
-            "t": [t - t0 for t in sampler.times],
-            "rss": sampler.rss,
-        }
+        row.update(_details(stream, sampler, t0))
     return row
 
 
