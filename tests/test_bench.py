@@ -4,18 +4,30 @@ Most tests feed fake rows and need no cluster. The last ones run real
 benchmarks on worker processes (``test_small_bench``: 2 workloads x 2 modes
 on 2 workers, about 15 s on 2 cores; ``test_elastic_workloads_report_per_worker``
 2 small elastic runs, about 10 s; ``test_adaptive_zero_starts_without_workers``
-one adaptive run, about 12 s; the others a few workloads on 4).
+one adaptive run, about 12 s; ``test_new_workloads_agree_across_modes`` 6 small
+runs, about 15 s; ``test_memory_limit_reaches_every_worker_and_spills`` 2 runs,
+about 8 s; the others a few workloads on 4).
 """
 
 from __future__ import annotations
 
+import re
+
 import dask
 import numpy as np
 import pytest
+from distributed.core import Status
+from distributed.utils_test import async_poll_for, gen_cluster
 
 from autorestrictor.__main__ import main as cli_main
 from autorestrictor.tools import bench, workloads
-from autorestrictor.tools.bench import ROW_KEYS, ChecksumMismatch, check_checksums, format_table
+from autorestrictor.tools.bench import (
+    ROW_KEYS,
+    ChecksumMismatch,
+    check_checksums,
+    format_table,
+    parse_memory_limit,
+)
 from autorestrictor.tools.demo import format_side_by_side, plot_runs
 from autorestrictor.tools.workloads import ELASTIC_WORKLOADS, WORKLOADS, checksum
 
@@ -135,7 +147,8 @@ def test_cli_exits_nonzero_on_mismatch(monkeypatch, capsys, tmp_path):
 
 
 def test_cli_table_and_json(monkeypatch, capsys, tmp_path):
-    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None):
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None,
+                     memory_limit=None):
         return fake_row(workload, mode, repeat)
 
     monkeypatch.setattr(bench, "run_one", fake_run_one)
@@ -154,6 +167,142 @@ def test_unknown_names_are_rejected():
         bench.run_bench(["no-such-workload"], ["default"])
     with pytest.raises(ValueError, match="unknown mode"):
         bench.run_bench(["seed-sum"], ["fastest"])
+
+
+# --------------------------------------------------------------------------
+# memory limits, spilling, pauses and predictions (no cluster, or an in-process one)
+
+
+def _cells(table: str) -> list[dict[str, str]]:
+    """The table's lines as ``{column header: cell}`` (cells never hold two spaces)."""
+    lines = table.splitlines()
+    header = re.split(r"\s{2,}", lines[0].strip())
+    rows = []
+    for line in lines[2:]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) != len(header):
+            break  # the notes under the table
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def test_memory_limit_values():
+    assert parse_memory_limit("300MB") == 300_000_000
+    assert parse_memory_limit("2GiB") == 2 * 2**30
+    assert parse_memory_limit(150_000_000) == 150_000_000
+    assert parse_memory_limit(None) is None
+    for bad in ["300XB", "lots", "", "-5MB", "0", [300]]:
+        with pytest.raises(ValueError, match=re.escape(repr(bad))):
+            parse_memory_limit(bad)
+
+
+def test_bad_memory_limit_is_an_error_before_any_run(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "run_one", lambda *a, **k: pytest.fail("a run was started"))
+    code = cli_main(["bench", "--workloads", "seed-sum", "--memory-limit", "300XB"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: memory limit '300XB' is not a size"), err
+    with pytest.raises(ValueError, match="'lots'"):
+        bench.run_bench(["seed-sum"], ["default"], memory_limit="lots", progress=False)
+    with pytest.raises(ValueError, match="more than"):  # Dask would lower it to this
+        bench.run_bench(["seed-sum"], ["default"], memory_limit="1PB", progress=False)
+
+
+def test_memory_limit_reaches_every_run(monkeypatch, capsys, tmp_path):
+    """From the command line to each run, to its subprocess's command line and
+    from there to :func:`bench.measure`."""
+    seen = []
+
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None,
+                     memory_limit=None):
+        seen.append((workload, memory_limit))
+        return fake_row(workload, mode, repeat, memory_limit=memory_limit, spilled_bytes=0,
+                        pauses=0)
+
+    monkeypatch.setattr(bench, "run_one", fake_run_one)
+    code = cli_main(["bench", "--workloads", "seed-sum,seed-sum-2w", "--modes",
+                     "default,autorestrictor", "--memory-limit", "300MB"])
+    assert code == 0
+    assert seen == [("seed-sum", 300_000_000)] * 2 + [("seed-sum-2w", 300_000_000)] * 2
+    assert "memory limit 300 MB per worker" in capsys.readouterr().out
+
+    out = str(tmp_path / "row.json")
+    cmd = bench.child_command("seed-sum", "default", 2, 0.5, out, memory_limit=300_000_000)
+    assert cmd[cmd.index("--memory-limit") + 1] == "300000000"
+    assert "--memory-limit" not in bench.child_command("seed-sum", "default", 2, 0.5, out)
+    measured = {}
+
+    def fake_measure(workload, mode, workers, scale, **kwargs):
+        measured.update(kwargs)
+        return {"workload": workload}
+
+    monkeypatch.setattr(bench, "measure", fake_measure)
+    monkeypatch.setattr(bench, "_end_run_on_sigterm", lambda: None)  # not in pytest itself
+    bench._child_main(cmd[cmd.index("--workload"):])
+    assert measured["memory_limit"] == 300_000_000
+    plain = bench.child_command("seed-sum", "default", 2, 0.5, out)
+    bench._child_main(plain[plain.index("--workload"):])
+    assert measured["memory_limit"] is None
+
+
+def test_format_table_shows_memory_and_prediction_columns():
+    limit = {"memory_limit": 300_000_000}
+    rows = [
+        fake_row("qr", "default", 0, spilled_bytes=40_000_000, pauses=1, **limit),
+        fake_row("qr", "default", 1, spilled_bytes=60_000_000, pauses=3, **limit),
+        fake_row("qr", "autorestrictor", 0, spilled_bytes=25_000_000, pauses=0,
+                 predicted_bytes=12_300_000, bytes_moved=20_000_000, **limit),
+    ]
+    table = format_table(rows)
+    default, plugin = _cells(table)
+    assert (default["spilled MB"], default["pauses"], default["pred MB"]) == ("50.0", "2", "-")
+    assert (plugin["spilled MB"], plugin["pauses"], plugin["pred MB"]) == ("25.0", "0", "12.3")
+    assert (plugin["spill"], plugin["pause"], plugin["bytes"]) == ("0.50x", "0.00x", "0.20x")
+    assert "limit" not in default  # one limit for all: said once, under the table
+    assert "memory limit 300 MB per worker" in table and "spilled MB: " in table
+
+    # without a limit: the prediction, but no memory columns
+    plain = _cells(format_table([fake_row("qr", "default"),
+                                 fake_row("qr", "autorestrictor", predicted_bytes=None)]))
+    assert "spilled MB" not in plain[0] and "pauses" not in plain[0]
+    assert plain[0]["pred MB"] == plain[1]["pred MB"] == "-"  # no plan applied: no prediction
+
+    # rows with and without a limit are compared with their own default
+    mixed = _cells(format_table(rows + [fake_row("qr", "default", wall_s=4.0),
+                                        fake_row("qr", "autorestrictor", wall_s=2.0)]))
+    assert [(r["limit"], r["mode"], r["wall"]) for r in mixed] == [
+        ("300 MB", "default", "1.00x"), ("300 MB", "autorestrictor", "1.00x"),
+        ("-", "default", "1.00x"), ("-", "autorestrictor", "0.50x")]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2)
+async def test_pause_counter_counts_every_pause(c, s, a, b):
+    """Each transition into ``paused`` counts once, however short (three
+    changes in one tick are three messages), and resuming counts nothing."""
+    await c.register_plugin(bench._PauseCounter())
+    a.status = Status.paused
+    a.status = Status.running
+    a.status = Status.paused
+    b.status = Status.paused
+    await async_poll_for(lambda: bench._pause_counts(s) == {a.address: 2, b.address: 1},
+                         timeout=5)
+    a.status = b.status = Status.running
+    await async_poll_for(lambda: all(ws.status == Status.running for ws in s.workers.values()),
+                         timeout=5)
+    assert bench._pause_counts(s) == {a.address: 2, b.address: 1}
+
+
+def test_plan_summary_sums_the_applied_plans(monkeypatch):
+    import autorestrictor
+
+    plans = [{"plan_s": 0.1, "predicted_bytes": 1_000, "reason": None},
+             {"plan_s": 0.2, "predicted_bytes": 0, "reason": "graph has 3 tasks"},
+             {"plan_s": 0.3, "predicted_bytes": 500, "reason": None}]
+    monkeypatch.setattr(autorestrictor, "last_rebalances", lambda client: [])
+    monkeypatch.setattr(autorestrictor, "last_plans", lambda client: plans)
+    assert bench._plan_summary(None)["predicted_bytes"] == 1_500
+    monkeypatch.setattr(autorestrictor, "last_plans", lambda client: plans[1:2])
+    assert bench._plan_summary(None)["predicted_bytes"] is None  # nothing pinned, no prediction
 
 
 # --------------------------------------------------------------------------
@@ -181,9 +330,9 @@ def test_workload_is_deterministic(name):
 
 def test_all_workloads_registered():
     assert set(WORKLOADS) == {
-        "seed-sum", "a-plus-b", "anom-mean", "vorticity", "double-diff", "rechunk-swap",
-        "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle", "chains",
-        "broadcast", "two-pass", *ELASTIC_WORKLOADS,
+        "seed-sum", "seed-sum-2w", "a-plus-b", "anom-mean", "vorticity", "double-diff",
+        "rechunk-swap", "matmul", "map-overlap", "hub", "persisted", "dataframe-shuffle",
+        "chains", "qr", "svd", "broadcast", "two-pass", *ELASTIC_WORKLOADS,
     }
     assert set(ELASTIC_WORKLOADS) == {
         "slow-worker", "skewed-cost", "scale-up", "join-mid-run", "concurrent-graphs",
@@ -225,7 +374,8 @@ def test_format_table_notes_most_workers_of_adaptive_workloads():
 def test_run_bench_runs_all_workloads_by_default(monkeypatch):
     seen = []
 
-    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None):
+    def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None,
+                     memory_limit=None):
         seen.append(workload)
         return fake_row(workload, mode, repeat)
 
@@ -360,6 +510,50 @@ def test_adaptive_zero_starts_without_workers():
     assert set(row["events"]["joins"]) == set(counts) and row["joined_ran"] == row["tasks"]
     local = dask.compute(*WORKLOADS["adaptive-zero"].build(0.25, None), scheduler="sync")
     assert row["checksum"] == checksum(local)
+
+
+def test_new_workloads_agree_across_modes():
+    """``qr``, ``svd`` and ``seed-sum-2w`` at scale 0.1, on 3 workers (2 for
+    ``seed-sum-2w``, its own count), no memory limit: the modes agree with
+    each other and with the local scheduler, and nothing spills or pauses."""
+    names = ["qr", "svd", "seed-sum-2w"]
+    rows = bench.run_bench(names, ["default", "autorestrictor"], workers=3, scale=0.1,
+                           progress=False)
+    by = {(r["workload"], r["mode"]): r for r in rows}
+    assert len(by) == len(rows) == 6
+    for name in names:
+        local = dask.compute(*WORKLOADS[name].build(0.1, None), scheduler="sync")
+        assert by[(name, "default")]["checksum"] == by[(name, "autorestrictor")]["checksum"] \
+            == checksum(local), name
+    for row in rows:
+        assert set(ROW_KEYS) <= set(row), set(ROW_KEYS) - set(row)
+        assert row["memory_limit"] is None and row["spilled_bytes"] == 0 and row["pauses"] == 0
+        assert row["workers"] == (2 if row["workload"] == "seed-sum-2w" else 3)
+        assert len(row["tasks_per_worker"]) == row["workers"]
+        if row["mode"] == "default":
+            assert row["predicted_bytes"] is None
+    plugin = by[("seed-sum-2w", "autorestrictor")]  # 200 columns: planned
+    assert plugin["plans"] == 1 and not plugin["plan_reasons"]
+    assert 0 <= plugin["predicted_bytes"] <= plugin["bytes_moved"]
+
+
+def test_memory_limit_reaches_every_worker_and_spills():
+    """A 200 MB limit per worker: ``qr`` at scale 0.5 holds 160 MB of ``q``
+    blocks on 2 workers until the R factors meet, so they spill (and may
+    pause); ``seed-sum-2w`` keeps its own 2 workers, and they get the limit
+    too (the row's limit is the one the workers report)."""
+    row = bench.run_one("qr", "default", workers=2, scale=0.5, memory_limit="200MB",
+                        timeout=180)
+    assert row["memory_limit"] == 200_000_000
+    assert row["spilled_bytes"] > 0, row
+    assert isinstance(row["pauses"], int) and row["pauses"] >= 0
+    local = dask.compute(*WORKLOADS["qr"].build(0.5, None), scheduler="sync")
+    assert row["checksum"] == checksum(local)
+    own = bench.run_one("seed-sum-2w", "autorestrictor", workers=3, scale=0.05,
+                        memory_limit=200_000_000, timeout=180)
+    assert own["workers"] == 2 and own["memory_limit"] == 200_000_000
+    assert set(own["tasks_per_worker"]) == {"w0", "w1"}
+    assert own["plans"] == 1 and own["predicted_bytes"] is not None
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Benchmark harness: run workloads under scheduling modes and compare them.
 
 Every single run happens in its own Python subprocess with a fresh
-``LocalCluster`` (processes, one thread per worker, no memory limit), so runs
-cannot influence each other through leftover state, warm caches or config.
+``LocalCluster`` (processes, one thread per worker, no memory limit unless
+``--memory-limit`` gives one), so runs cannot influence each other through
+leftover state, warm caches or config.
 
 Modes
 -----
@@ -39,6 +40,25 @@ measured on it.  Rows also give ``transfer_s``, the seconds workers spent
 receiving data (``transfer_incoming_log``), and ``transfer_in_bytes``, what
 they received in that time.
 
+Memory
+------
+``peak_memory_bytes`` is the largest RSS any worker reached (sampled every
+``RSS_INTERVAL_S``).  With ``--memory-limit SIZE`` (``memory_limit`` in the
+Python API) every worker of every run, those of workloads with their own
+worker count and those that join later included, gets that limit and Dask's
+configured target, spill and pause fractions (and, under a nanny, the
+terminate one); a run checks its workers have it.  A limit not well above
+a worker's RSS before its data (90-100 MB here) over the pause fraction
+leaves it paused for good, and the run hangs until ``--timeout``.
+
+Every row, limit or not, says what the workers' spill buffers wrote to
+disk during the compute (``spilled_bytes``, from each
+:class:`distributed.spill.SpillBuffer`'s ``disk-write`` total; 0 without a
+limit) and how many times a worker went into ``paused`` status
+(``pauses``, see :class:`_PauseCounter`).  Rows of the ``autorestrictor``
+mode also give ``predicted_bytes``, the bytes its applied plans predicted
+would cross workers, to set beside ``bytes_moved``.
+
 CPU
 ---
 ``cpu_s`` is the CPU time (user plus system) the scheduler, the client and
@@ -70,7 +90,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 from autorestrictor.tools.link import (
     SHAPES,
@@ -111,6 +131,10 @@ ROW_KEYS = (
     "transfer_in_bytes",
     "cpu_s",
     "cores",
+    "memory_limit",
+    "spilled_bytes",
+    "pauses",
+    "predicted_bytes",
 )
 
 #: Interval between RSS samples of the worker processes, in seconds.
@@ -253,6 +277,58 @@ def _transfer_counters(dask_worker) -> tuple[int, int, float]:
     )
 
 
+def _spilled_bytes(dask_worker) -> float:
+    """Bytes one worker has written to disk so far (run via ``client.run``).
+
+    The ``disk-write`` total of its :class:`distributed.spill.SpillBuffer`;
+    0 when its data is not one (a worker without a memory limit keeps a
+    plain dict).  P2P shuffles write their shards to disk through buffers of
+    their own, which do not count here.
+    """
+    metrics = getattr(dask_worker.data, "cumulative_metrics", None)
+    return metrics.get(("disk-write", "bytes"), 0.0) if metrics is not None else 0.0
+
+
+def _worker_counters(dask_worker) -> tuple[int, int, float, float]:
+    """:func:`_transfer_counters` and :func:`_spilled_bytes` of one worker
+    (run via ``client.run``), in one tuple."""
+    return (*_transfer_counters(dask_worker), _spilled_bytes(dask_worker))
+
+
+class _PauseCounter(SchedulerPlugin):
+    """Scheduler plugin of every run: counts, per worker, how many times it
+    went into ``paused`` status.
+
+    A worker that pauses (its memory manager sets ``worker.status =
+    Status.paused``) tells the scheduler at once on its batched stream, in
+    order with its other messages, and the scheduler's
+    ``handle_worker_status_change`` logs one ``worker-status-change`` event
+    per actual change, under the worker's address.  This plugin's
+    ``log_event`` hook sees every event as it is published: a pause however
+    short counts (no polling that could miss it), a run with more changes
+    than the scheduler's per-topic event log keeps
+    (``distributed.admin.low-level-log-length``) loses none, and the pauses
+    of a worker that has left meanwhile still count.
+    """
+
+    name = "autorestrictor-bench-pauses"
+
+    def __init__(self):
+        self.pauses: dict[str, int] = {}
+
+    def log_event(self, topic, msg) -> None:
+        if (isinstance(msg, dict) and msg.get("action") == "worker-status-change"
+                and msg.get("status") == "paused"):
+            self.pauses[topic] = self.pauses.get(topic, 0) + 1
+
+
+def _pause_counts(dask_scheduler=None) -> dict[str, int]:
+    """``{worker address: pauses so far}`` from :class:`_PauseCounter` (run
+    via ``client.run_on_scheduler``)."""
+    plugin = dask_scheduler.plugins.get(_PauseCounter.name)
+    return dict(plugin.pauses) if plugin is not None else {}
+
+
 def _incoming_transfers(since: float, dask_worker=None) -> tuple[float, int]:
     """Seconds spent receiving data since ``since`` and the bytes received
     (run via ``client.run``; from the worker's ``transfer_incoming_log``)."""
@@ -353,7 +429,7 @@ class _CountersAtClose(WorkerPlugin):
     def teardown(self, worker) -> None:
         record = {
             "address": worker.address,
-            "counters": list(_transfer_counters(worker)),
+            "counters": list(_worker_counters(worker)),
             "incoming": [[t["start"], t["duration"], t["total"]]
                          for t in worker.transfer_incoming_log],
         }
@@ -499,12 +575,21 @@ class _During:
 
 
 def _plan_summary(client) -> dict[str, Any]:
-    """Planning time and step-back reasons recorded by the plugin, and its moves."""
+    """Planning time and step-back reasons recorded by the plugin, its moves,
+    and the bytes its plans predicted would cross workers.
+
+    ``predicted_bytes`` sums the applied plans' predictions; it is ``None``
+    when the plugin applied no plan (a graph it left to Dask predicts
+    nothing, and 0 would read as a prediction).
+    """
     import autorestrictor
 
     plans = autorestrictor.last_plans(client)
+    applied = [p for p in plans if p.get("reason") is None]
     return {
         "plan_s": float(sum(p["plan_s"] for p in plans)),
+        "predicted_bytes": (
+            int(sum(p.get("predicted_bytes", 0) for p in applied)) if applied else None),
         "plans": len(plans),
         "plan_reasons": sorted({p["reason"] for p in plans if p.get("reason") is not None}),
         "rebalances": len(autorestrictor.last_rebalances(client)),
@@ -512,14 +597,16 @@ def _plan_summary(client) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _cluster(workers: int, link: Link | None):
+def _cluster(workers: int, link: Link | None, memory_limit: int | None = None):
     """The run's cluster: a plain ``LocalCluster``, one on this namespace's
     shaped loopback (``shared``), or one worker namespace per worker
-    (``per-worker``).  Yields ``(cluster, address of the scheduler's host)``."""
+    (``per-worker``).  Every worker, including those that join later, gets
+    ``memory_limit`` bytes (none if ``None``) and Dask's configured memory
+    fractions.  Yields ``(cluster, address of the scheduler's host)``."""
     from distributed import LocalCluster
 
     if link is not None and link.shape == "per-worker":
-        with namespaced_cluster(workers, link) as cluster:
+        with namespaced_cluster(workers, link, memory_limit=memory_limit or 0) as cluster:
             yield cluster, cluster.scheduler.address.split("://")[1].rsplit(":", 1)[0]
         return
     host = shape_loopback(link) if link is not None else None
@@ -527,11 +614,25 @@ def _cluster(workers: int, link: Link | None):
         n_workers=workers,
         threads_per_worker=1,
         processes=True,
-        memory_limit=0,
+        memory_limit=memory_limit or 0,
         dashboard_address=None,
         host=host,
     ) as cluster:
         yield cluster, host
+
+
+def _memory_limit_of(info: dict, asked: int | None) -> int | None:
+    """The memory limit the workers in ``info`` (the scheduler's ``workers``)
+    have, ``None`` for none; ``asked`` when there is no worker yet.
+
+    Raises :class:`BenchError` unless every one has the limit asked for.
+    """
+    had = {addr: w.get("memory_limit") or 0 for addr, w in info.items()}
+    wrong = {addr: limit for addr, limit in had.items() if limit != (asked or 0)}
+    if wrong:
+        raise BenchError(f"workers have memory limits {wrong}, not the {asked or 0} bytes "
+                         "asked for (more than this machine's memory?)")
+    return (next(iter(had.values())) or None) if had else asked
 
 
 def _wait_for_workers(client, cluster, n: int, link: Link | None) -> None:
@@ -546,6 +647,135 @@ def _wait_for_workers(client, cluster, n: int, link: Link | None) -> None:
                          f"joined within 120 s\n{logs}") from exc
 
 
+def _deltas(before: dict, after: dict, paused_before: dict, paused_after: dict) -> dict:
+    """The row's figures counted on the workers during the compute.
+
+    Parameters
+    ----------
+    before, after : dict
+        ``{worker address: _worker_counters(...)}`` before and after it (a
+        worker missing from ``before`` joined meanwhile and counts from 0).
+    paused_before, paused_after : dict
+        :func:`_pause_counts` before and after it.
+    """
+    zero = (0, 0, 0.0, 0.0)
+
+    def total(i):
+        return sum(after[a][i] - before.get(a, zero)[i] for a in after)
+
+    return {
+        "bytes_moved": total(0),
+        "transfers": total(1),
+        "p2p_bytes": int(total(2)),
+        "spilled_bytes": int(total(3)),
+        "pauses": sum(paused_after.values()) - sum(paused_before.values()),
+    }
+
+
+def _workload_spec(workload: str, mode: str):
+    """The :class:`~autorestrictor.tools.workloads.Workload` called ``workload``;
+    ``ValueError`` for an unknown workload or mode."""
+    from autorestrictor.tools.workloads import WORKLOADS
+
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    return WORKLOADS[workload]
+
+
+def _run_config(mode: str) -> dict[str, Any]:
+    """Dask config of a run in ``mode``, set before its cluster starts."""
+    config: dict[str, Any] = {
+        # Keep every task of the run in the task stream.
+        "distributed.scheduler.dashboard.tasks.task-stream-length": 1_000_000,
+    }
+    if mode == "no-queuing":
+        config["distributed.scheduler.worker-saturation"] = float("inf")
+    return config
+
+
+def _register_plugins(client, cluster, mode: str, spec, stack: contextlib.ExitStack):
+    """Before anything is submitted: the pause counter, the AutoRestrictor in
+    its mode and, for an adaptive workload, :class:`_CountersAtClose` and
+    Dask's ``Adaptive``.  Returns ``(adaptive, directory the retiring workers
+    write to)``, both ``None`` for other workloads."""
+    client.register_plugin(_PauseCounter())
+    if mode == "autorestrictor":
+        from autorestrictor import AutoRestrictor
+
+        client.register_plugin(AutoRestrictor())
+    if spec.adapt is None:
+        return None, None
+    closed_dir = stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="autorestrictor-bench-closed-"))
+    client.register_plugin(_CountersAtClose(closed_dir))
+    return cluster.adapt(**spec.adapt), closed_dir
+
+
+def _compute(spec, client, collections: list) -> tuple[list, dict]:
+    """Compute the workload's collections (through its ``submit`` hook, if it
+    has one).  Returns the results and the extra row fields the hook gave."""
+    if spec.submit is None:
+        return client.compute(collections, sync=True), {}
+    results = spec.submit(client, collections)
+    if isinstance(results, dict):
+        return results["results"], {k: v for k, v in results.items() if k != "results"}
+    return results, {}
+
+
+def _counters_after(client, names: dict, closed_dir: str | None,
+                    t0: float) -> tuple[dict, list]:
+    """After the compute: :func:`_worker_counters` of every worker and the
+    ``(seconds, bytes)`` each received since ``t0``, including those of the
+    workers in ``names`` that ``Adaptive`` retired meanwhile (what they wrote
+    to ``closed_dir`` as they closed)."""
+    after = client.run(_worker_counters)
+    incoming = list(client.run(_incoming_transfers, t0).values())
+    if closed_dir is not None:
+        gone = set(names) - set(after)
+        for addr, (counters, received) in _closed_counters(closed_dir, gone, t0).items():
+            after[addr] = counters
+            incoming.append(received)
+    return after, incoming
+
+
+def _event_fields(events: dict | None, stream: list[dict], workers: int,
+                  t0: float) -> dict[str, Any]:
+    """Row fields of a run whose cluster changed: its ``events``, the most
+    workers at once and what the workers that joined ran."""
+    if events is None:
+        return {}
+    out: dict[str, Any] = {"events": events}
+    if "most_workers" in events:
+        out["most_workers"] = events["most_workers"]
+    if events.get("joins"):
+        out.update(_join_summary(stream, events["joins"], workers, t0))
+    return out
+
+
+def _details(stream: list[dict], sampler: RssSampler, t0: float) -> dict[str, Any]:
+    """The task stream (``"stream"``) and RSS samples (``"memory"``) of a
+    run, in seconds since ``t0``."""
+    from dask.utils import key_split
+
+    return {
+        "stream": [
+            {
+                "worker": rec["worker"],
+                "key": str(rec["key"]),
+                "prefix": key_split(rec["key"]),
+                "startstops": [
+                    {"action": ss["action"], "start": ss["start"] - t0, "stop": ss["stop"] - t0}
+                    for ss in rec["startstops"]
+                ],
+            }
+            for rec in stream
+        ],
+        "memory": {"t": [t - t0 for t in sampler.times], "rss": sampler.rss},
+    }
+
+
 def measure(
     workload: str,
     mode: str,
@@ -553,6 +783,7 @@ def measure(
     scale: float,
     details: bool = False,
     link: Link | None = None,
+    memory_limit: int | None = None,
 ) -> dict[str, Any]:
     """Run one workload under one mode in a fresh cluster *in this process*.
 
@@ -575,6 +806,11 @@ def measure(
     link : Link, optional
         Run on this shaped link; this process must be in a network
         namespace of its own (:func:`run_one` starts it so).
+    memory_limit : int, optional
+        Bytes of memory each worker may use, with Dask's configured target,
+        spill, pause (and, with a nanny, terminate) fractions; no limit by
+        default.  Workers with a limit spill to disk (``spilled_bytes``) and
+        pause (``pauses``).
 
     Returns
     -------
@@ -582,93 +818,57 @@ def measure(
         One result row (see :data:`ROW_KEYS`).
     """
     import dask
-    from dask.utils import key_split
     from distributed import Client, get_task_stream
 
-    from autorestrictor.tools.workloads import WORKLOADS, checksum
+    from autorestrictor.tools.workloads import checksum
 
-    if workload not in WORKLOADS:
-        raise ValueError(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    spec = WORKLOADS[workload]
+    spec = _workload_spec(workload, mode)
     workers = spec.workers if spec.workers is not None else workers
 
-    config: dict[str, Any] = {
-        # Keep every task of the run in the task stream.
-        "distributed.scheduler.dashboard.tasks.task-stream-length": 1_000_000,
-    }
-    if mode == "no-queuing":
-        config["distributed.scheduler.worker-saturation"] = float("inf")
-
-    with contextlib.ExitStack() as stack, dask.config.set(config), \
-            _cluster(workers, link) as (cluster, host), Client(cluster) as client:
+    with contextlib.ExitStack() as stack, dask.config.set(_run_config(mode)), \
+            _cluster(workers, link, memory_limit) as (cluster, host), \
+            Client(cluster) as client:
         _wait_for_workers(client, cluster, workers, link)
         link_row = probe_link(client, link, host) if link is not None else None
-        if mode == "autorestrictor":
-            from autorestrictor import AutoRestrictor
-
-            client.register_plugin(AutoRestrictor())
-        adaptive = None
-        if spec.adapt is not None:
-            closed_dir = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="autorestrictor-bench-closed-"))
-            client.register_plugin(_CountersAtClose(closed_dir))
-            adaptive = cluster.adapt(**spec.adapt)
+        adaptive, closed_dir = _register_plugins(client, cluster, mode, spec, stack)
 
         info = client.scheduler_info(n_workers=-1)["workers"]
+        limit = _memory_limit_of(info, memory_limit)
         names = {addr: f"w{info[addr]['name']}" for addr in info}
         pids = {names[addr]: pid for addr, pid in client.run(os.getpid).items()}
         cpu_only = [os.getpid(), client.run_on_scheduler(os.getpid)]
-        before = client.run(_transfer_counters)
+        before, paused_before = client.run(_worker_counters), client.run_on_scheduler(_pause_counts)
 
         with RssSampler(pids, cpu_only=cpu_only) as sampler, get_task_stream(client) as ts:
             t0 = time.time()
             collections = spec.build(scale, client)
-            during = (
-                _During(spec.during, client, cluster, t0, scale, sampler, names)
-                if spec.during else None
-            )
+            during = (_During(spec.during, client, cluster, t0, scale, sampler, names)
+                      if spec.during else None)
             watch = _WorkerWatch(client, t0, sampler, names) if adaptive is not None else None
-            extra: dict = {}
-            if spec.submit is not None:
-                results = spec.submit(client, collections)
-                if isinstance(results, dict):
-                    extra = {k: v for k, v in results.items() if k != "results"}
-                    results = results["results"]
-            else:
-                results = client.compute(collections, sync=True)
+            results, extra = _compute(spec, client, collections)
             wall = time.time() - t0
             events = during.join(timeout=300) if during else None
             if adaptive is not None:
                 _stop_adapting(cluster, adaptive)
                 events = {**(events or {}), "adapt": spec.adapt, **watch.stop()}
 
-        after = client.run(_transfer_counters)
-        incoming = list(client.run(_incoming_transfers, t0).values())
-        if adaptive is not None:  # workers retired meanwhile: what they wrote as they closed
-            gone = set(names) - set(after)
-            for addr, (counters, received) in _closed_counters(closed_dir, gone, t0).items():
-                after[addr] = counters
-                incoming.append(received)
+        paused_after = client.run_on_scheduler(_pause_counts)
+        after, incoming = _counters_after(client, names, closed_dir, t0)
         info = client.scheduler_info(n_workers=-1)["workers"]
         names.update({addr: f"w{info[addr]['name']}" for addr in info})
-        plans = _plan_summary(client) if mode == "autorestrictor" else {"plan_s": 0.0}
+        plans = (_plan_summary(client) if mode == "autorestrictor"
+                 else {"plan_s": 0.0, "predicted_bytes": None})
 
-    stream = [
-        {**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data
-    ]
+    stream = [{**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data]
     shares = _compute_shares(stream, set(names.values()))
-    zero = (0, 0, 0.0)
     row: dict[str, Any] = {
         "workload": workload,
         "mode": mode,
         "workers": workers,
         "scale": scale,
+        "memory_limit": limit,
         "wall_s": wall,
-        "bytes_moved": sum(after[a][0] - before.get(a, zero)[0] for a in after),
-        "transfers": sum(after[a][1] - before.get(a, zero)[1] for a in after),
-        "p2p_bytes": int(sum(after[a][2] - before.get(a, zero)[2] for a in after)),
+        **_deltas(before, after, paused_before, paused_after),
         "peak_memory_bytes": max(sampler.peak.values(), default=0),
         "peak_memory_per_worker": dict(sorted(sampler.peak.items())),
         "max_share": max(shares.values()),
@@ -682,30 +882,10 @@ def measure(
         "cores": os.cpu_count(),
         **plans,
         **extra,
+        **_event_fields(events, stream, workers, t0),
     }
-    if events is not None:
-        row["events"] = events
-        if "most_workers" in events:
-            row["most_workers"] = events["most_workers"]
-        if events.get("joins"):
-            row.update(_join_summary(stream, events["joins"], workers, t0))
     if details:
-        row["stream"] = [
-            {
-                "worker": rec["worker"],
-                "key": str(rec["key"]),
-                "prefix": key_split(rec["key"]),
-                "startstops": [
-                    {"action": ss["action"], "start": ss["start"] - t0, "stop": ss["stop"] - t0}
-                    for ss in rec["startstops"]
-                ],
-            }
-            for rec in stream
-        ]
-        row["memory"] = {
-            "t": [t - t0 for t in sampler.times],
-            "rss": sampler.rss,
-        }
+        row.update(_details(stream, sampler, t0))
     return row
 
 
@@ -753,10 +933,11 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--details", action="store_true")
     p.add_argument("--link-rate", default=None)
     p.add_argument("--link-shape", default=None)
+    p.add_argument("--memory-limit", type=int, default=None)
     args = p.parse_args(argv)
     link = Link(args.link_rate, args.link_shape) if args.link_rate else None
     row = measure(args.workload, args.mode, args.workers, args.scale, details=args.details,
-                  link=link)
+                  link=link, memory_limit=args.memory_limit)
     with open(args.out, "w") as f:
         json.dump(row, f)
 
@@ -779,6 +960,7 @@ def child_command(
     *,
     details: bool = False,
     link: Link | None = None,
+    memory_limit: int | None = None,
 ) -> list[str]:
     """The command line of one run's subprocess (see :func:`run_one`)."""
     cmd = [
@@ -796,6 +978,8 @@ def child_command(
         cmd.append("--details")
     if link is not None:
         cmd += ["--link-rate", link.rate, "--link-shape", link.shape]
+    if memory_limit is not None:
+        cmd += ["--memory-limit", str(int(memory_limit))]
     return cmd
 
 
@@ -809,6 +993,7 @@ def run_one(
     details: bool = False,
     timeout: float | None = 1800,
     link: Link | None = None,
+    memory_limit: int | str | None = None,
 ) -> dict[str, Any]:
     """Run one workload under one mode, in a subprocess with a fresh cluster.
 
@@ -826,6 +1011,9 @@ def run_one(
         Run on this shaped link: the subprocess starts in a network
         namespace of its own (``unshare --net``), which, with every
         namespace the run makes, dies with its process group.
+    memory_limit : int or str, optional
+        Memory limit of every worker, in bytes or as a size such as
+        ``"300MB"`` (see :func:`parse_memory_limit`); none by default.
 
     Returns
     -------
@@ -837,12 +1025,17 @@ def run_one(
     BenchError
         If the subprocess fails or times out; the message carries the tail
         of its stderr.
+    ValueError
+        If ``memory_limit`` is not a size.
     """
+    memory_limit = parse_memory_limit(memory_limit)
     with tempfile.TemporaryDirectory(prefix="autorestrictor-bench-") as tmp:
         out = os.path.join(tmp, "row.json")
-        cmd = child_command(workload, mode, workers, scale, out, details=details, link=link)
+        cmd = child_command(workload, mode, workers, scale, out, details=details, link=link,
+                            memory_limit=memory_limit)
         what = f"{workload} / {mode} (workers={workers}, scale={scale}" + (
-            f", link {link.label()})" if link else ")")
+            f", link {link.label()}" if link else "") + (
+            f", memory limit {memory_limit} bytes)" if memory_limit else ")")
         # A new session, so that on timeout the whole run -- including the
         # cluster's nanny and worker processes and the link's namespace
         # holders -- can be killed as a group.
@@ -875,6 +1068,42 @@ def run_one(
 # many runs, checks and the table
 
 
+def parse_memory_limit(value: int | str | None) -> int | None:
+    """A worker memory limit in bytes, from a size such as ``"300MB"`` or ``"2GiB"``
+    (:func:`dask.utils.parse_bytes`) or a number of bytes.
+
+    Parameters
+    ----------
+    value : int, str or None
+        The limit; ``None`` for none.
+
+    Returns
+    -------
+    int or None
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is not a size, or not a positive one; the message names it.
+    """
+    from dask.utils import parse_bytes
+
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.strip():  # parse_bytes("") is 1 byte
+        raise ValueError("memory limit '' is empty: give a size (e.g. 300MB, 2GiB)")
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(f"a {type(value).__name__}, not a number of bytes or a string")
+        limit = parse_bytes(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"memory limit {value!r} is not a size (e.g. 300MB, 2GiB): "
+                         f"{exc}") from exc
+    if limit <= 0:
+        raise ValueError(f"memory limit {value!r} is not a positive size (e.g. 300MB, 2GiB)")
+    return int(limit)
+
+
 def check_checksums(rows: Sequence[dict]) -> None:
     """Raise :class:`ChecksumMismatch` if a workload's rows disagree.
 
@@ -893,6 +1122,16 @@ def check_checksums(rows: Sequence[dict]) -> None:
                 f"checksum mismatch for workload {workload!r}: the modes computed "
                 f"different results ({detail})"
             )
+
+
+def _check_limit_fits(memory_limit: int | None) -> None:
+    """Raise ``ValueError`` for a memory limit above this machine's memory
+    (or its cgroup's): Dask would quietly lower it to that."""
+    from distributed.system import MEMORY_LIMIT
+
+    if memory_limit is not None and memory_limit > MEMORY_LIMIT:
+        raise ValueError(f"memory limit {memory_limit} bytes is more than the "
+                         f"{MEMORY_LIMIT} bytes this machine has: Dask would lower it")
 
 
 class _Progress:
@@ -925,6 +1164,7 @@ def run_bench(
     progress: bool = True,
     timeout: float | None = 1800,
     link: Link | None = None,
+    memory_limit: int | str | None = None,
 ) -> list[dict]:
     """Run every (workload, mode, repetition), each in a fresh cluster.
 
@@ -951,6 +1191,10 @@ def run_bench(
         Per-run timeout in seconds.
     link : Link, optional
         Run every cluster on this shaped link (see :func:`run_one`).
+    memory_limit : int or str, optional
+        Give every worker of every run this memory limit, in bytes or as a
+        size such as ``"300MB"`` (workloads with their own worker count
+        too); none by default.
 
     Returns
     -------
@@ -965,6 +1209,9 @@ def run_bench(
         If a run fails.
     LinkError
         Before any run, if this machine cannot build the link.
+    ValueError
+        Before any run, for an unknown workload or mode, a repeat below 1
+        or a memory limit that is not a positive size.
     """
     from autorestrictor.tools.workloads import WORKLOADS
 
@@ -977,6 +1224,8 @@ def run_bench(
         raise ValueError(f"unknown mode(s) {bad_modes}; known: {', '.join(MODES)}")
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
+    memory_limit = parse_memory_limit(memory_limit)
+    _check_limit_fits(memory_limit)
     if link is not None:
         check_support(link)
 
@@ -988,7 +1237,7 @@ def run_bench(
             for mode in modes:
                 bar.step(f"{workload} {mode}" + (f" (repeat {r + 1})" if repeat > 1 else ""))
                 these.append(run_one(workload, mode, workers, scale, repeat=r, timeout=timeout,
-                                     link=link))
+                                     link=link, memory_limit=memory_limit))
         check_checksums(these)
         rows.extend(these)
         if json_path is not None:
@@ -1021,12 +1270,27 @@ def link_label(row: dict) -> str:
     return f"{link['rate']} {link['shape']}" if link else "-"
 
 
-def _link_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
+def limit_label(row: dict) -> str:
+    """``"300 MB"`` for a row whose workers had a memory limit, else ``"-"``."""
+    limit = row.get("memory_limit")
+    return f"{limit / 1e6:g} MB" if limit else "-"
+
+
+#: A group of rows in the table: ``(workload, link label, limit label, mode)``.
+_Group = tuple[str, str, str, str]
+
+
+def _where(link: str, limit: str) -> str:
+    """`` / 1gbit per-worker / limit 300 MB`` for the note lines ("" for neither)."""
+    return (f" / {link}" if link != "-" else "") + (f" / limit {limit}" if limit != "-" else "")
+
+
+def _link_notes(groups: dict[_Group, list[dict]]) -> list[str]:
     """One line per shaped link: what the probes measured, and the workers'
     receiving throughput (bytes received over seconds spent receiving)."""
     lines = []
-    for label in dict.fromkeys(link for _, link, _ in groups if link != "-"):
-        rows = [r for (_, link, _), rs in groups.items() if link == label for r in rs]
+    for label in dict.fromkeys(link for _, link, _, _ in groups if link != "-"):
+        rows = [r for (_, link, _, _), rs in groups.items() if link == label for r in rs]
         probe = _median([r["link"].get("probe_bytes_per_s") for r in rows])
         received = sum(r.get("transfer_in_bytes") or 0 for r in rows)
         seconds = sum(r.get("transfer_s") or 0 for r in rows)
@@ -1037,7 +1301,7 @@ def _link_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
     return lines
 
 
-def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
+def _tasks_notes(groups: dict[_Group, list[dict]]) -> list[str]:
     """Note lines with the median tasks per worker, for the elastic workloads only.
 
     Rows of adaptive workloads also get the most workers the cluster had at
@@ -1047,7 +1311,7 @@ def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
     from autorestrictor.tools.workloads import ELASTIC_WORKLOADS
 
     lines = []
-    for (workload, link, mode), rows in groups.items():
+    for (workload, link, limit, mode), rows in groups.items():
         counts = [r["tasks_per_worker"] for r in rows if r.get("tasks_per_worker")]
         if workload not in ELASTIC_WORKLOADS or not counts:
             continue
@@ -1055,8 +1319,7 @@ def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
         per_worker = " ".join(
             f"{name}={_median([c.get(name, 0) for c in counts]):g}" for name in names
         )
-        where = "" if link == "-" else f" / {link}"
-        line = f"tasks per worker, {workload} / {mode}{where}: {per_worker}"
+        line = f"tasks per worker, {workload} / {mode}{_where(link, limit)}: {per_worker}"
         most = _median([r.get("most_workers") for r in rows])
         if most is not None:
             line += f"; most workers {most:g}"
@@ -1069,11 +1332,98 @@ def _tasks_notes(groups: dict[tuple[str, str, str], list[dict]]) -> list[str]:
     return lines
 
 
+def _mb(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value / 1e6:.{digits}f}"
+
+
+def _count(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _table_line(groups: dict[_Group, list[dict]], key: _Group, link_col: bool,
+                limit_col: bool, memory_cols: bool) -> list[str]:
+    """The cells of one group's line of :func:`format_table`: medians of its
+    rows, then ratios to the ``default`` rows of the same workload, link and
+    memory limit."""
+    workload, link, limit, mode = key
+
+    def med(name, of=key):
+        return _median([r.get(name) for r in groups.get(of, [])])
+
+    def ratio(name, floor=0.0):
+        return _ratio(med(name), med(name, (workload, link, limit, "default")), floor)
+
+    share = med("max_share")
+    memory = [_mb(med("spilled_bytes")), _count(med("pauses"))] if memory_cols else []
+    return [
+        workload,
+        *([link] if link_col else []),
+        *([limit] if limit_col else []),
+        mode,
+        str(len(groups[key])),
+        f"{med('wall_s'):.2f}",
+        _seconds(med("cpu_s")),
+        _mb(med("bytes_moved")),
+        _mb(med("predicted_bytes")) if mode == "autorestrictor" else "-",
+        f"{med('transfers'):.0f}",
+        _mb(med("peak_memory_bytes"), 0),
+        *memory,
+        "-" if share is None else f"{share:.2f}",
+        f"{1e3 * med('plan_s'):.1f}",
+        ratio("bytes_moved", floor=1e6),
+        ratio("wall_s"),
+        ratio("peak_memory_bytes"),
+        *([ratio("spilled_bytes", floor=1e6), ratio("pauses")] if memory_cols else []),
+    ]
+
+
+def _aligned(lines: list[list[str]], n_text: int) -> list[str]:
+    """Lines of cells as text columns, a rule under the first; the first
+    ``n_text`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    out = []
+    for i, line in enumerate(lines):
+        cells = [c.ljust(w) if j < n_text else c.rjust(w)
+                 for j, (c, w) in enumerate(zip(line, widths))]
+        out.append("  ".join(cells).rstrip())
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def _column_notes(rows: Sequence[dict], with_link: bool, limits: set[str]) -> list[str]:
+    """The lines under the table that say what its columns are."""
+    memory = limits != {"-"}
+    out = [f"ratios (bytes, wall, peak{', spill, pause' if memory else ''}) are medians "
+           "relative to mode 'default'"
+           + (" on the same link" if with_link else "")
+           + (" with the same memory limit" if memory else "")
+           + "; max share 1/workers is perfect balance"]
+    cores = _median([r.get("cores") for r in rows])
+    if cores:
+        out.append(f"cpu s: CPU seconds of scheduler, client and workers; a run with cpu s "
+                   f"near {cores:.0f} cores x wall s was CPU-bound")
+    if any(r["mode"] == "autorestrictor" for r in rows):
+        out.append("pred MB: bytes the plugin's applied plans predicted would cross workers "
+                   "(compare MB moved)")
+    if memory:
+        one = f"memory limit {next(iter(limits))} per worker" if len(limits) == 1 else (
+            "limit: memory limit per worker")
+        out.append(f"{one}, with Dask's own target/spill/pause fractions")
+        out.append("spilled MB: bytes the workers' spill buffers wrote to disk; pauses: times "
+                   "a worker went into paused status")
+    return out
+
+
 def format_table(rows: Sequence[dict]) -> str:
     """Plain-text table of medians per (workload, mode), with ratios vs ``default``.
 
-    Note lines below the table give the median tasks per worker of the
-    elastic workloads and the bytes P2P shuffles pushed.
+    Rows run on a shaped link, or with a worker memory limit, are compared
+    with the ``default`` rows on the same link and with the same limit.
+    When any row had a memory limit the table also shows the bytes spilled
+    to disk and the pauses.  Note lines below the table give the median
+    tasks per worker of the elastic workloads and the bytes P2P shuffles
+    pushed.
 
     Parameters
     ----------
@@ -1091,64 +1441,27 @@ def format_table(rows: Sequence[dict]) -> str:
         If the rows of one workload disagree on the checksum.
     """
     check_checksums(rows)
-    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    groups: dict[_Group, list[dict]] = defaultdict(list)
     for row in rows:
-        groups[(row["workload"], link_label(row), row["mode"])].append(row)
-    with_link = any(link != "-" for _, link, _ in groups)
-
-    def med(workload, link, mode, key):
-        return _median([r.get(key) for r in groups.get((workload, link, mode), [])])
-
-    header = ["workload", "mode", "n", "wall s", "cpu s", "MB moved", "transfers", "peak MB",
-              "max share", "plan ms", "bytes", "wall", "peak"]
-    if with_link:
-        header.insert(1, "link")
-    lines = [header]
-    for workload, link, mode in groups:
-        wall, moved = med(workload, link, mode, "wall_s"), med(workload, link, mode, "bytes_moved")
-        peak = med(workload, link, mode, "peak_memory_bytes")
-        share = med(workload, link, mode, "max_share")
-        lines.append([
-            workload,
-            *([link] if with_link else []),
-            mode,
-            str(len(groups[(workload, link, mode)])),
-            f"{wall:.2f}",
-            _seconds(med(workload, link, mode, "cpu_s")),
-            f"{moved / 1e6:.1f}",
-            f"{med(workload, link, mode, 'transfers'):.0f}",
-            f"{peak / 1e6:.0f}",
-            "-" if share is None else f"{share:.2f}",
-            f"{1e3 * med(workload, link, mode, 'plan_s'):.1f}",
-            _ratio(moved, med(workload, link, "default", "bytes_moved"), floor=1e6),
-            _ratio(wall, med(workload, link, "default", "wall_s")),
-            _ratio(peak, med(workload, link, "default", "peak_memory_bytes")),
-        ])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    n_text = 3 if with_link else 2  # left-aligned columns
-    out = []
-    for i, line in enumerate(lines):
-        cells = [c.ljust(w) if j < n_text else c.rjust(w)
-                 for j, (c, w) in enumerate(zip(line, widths))]
-        out.append("  ".join(cells).rstrip())
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    out.append("ratios (bytes, wall, peak) are medians relative to mode 'default'"
-               + (" on the same link" if with_link else "")
-               + "; max share 1/workers is perfect balance")
-    cores = _median([r.get("cores") for r in rows])
-    if cores:
-        out.append(f"cpu s: CPU seconds of scheduler, client and workers; a run with cpu s "
-                   f"near {cores:.0f} cores x wall s was CPU-bound")
+        groups[(row["workload"], link_label(row), limit_label(row), row["mode"])].append(row)
+    with_link = any(link != "-" for _, link, _, _ in groups)
+    limits = {limit for _, _, limit, _ in groups}
+    memory, limit_col = limits != {"-"}, len(limits) > 1
+    header = ["workload", *(["link"] if with_link else []), *(["limit"] if limit_col else []),
+              "mode", "n", "wall s", "cpu s", "MB moved", "pred MB", "transfers", "peak MB",
+              *(["spilled MB", "pauses"] if memory else []), "max share", "plan ms",
+              "bytes", "wall", "peak", *(["spill", "pause"] if memory else [])]
+    lines = [header, *(_table_line(groups, key, with_link, limit_col, memory) for key in groups)]
+    out = _aligned(lines, n_text=2 + with_link + limit_col)
+    out.extend(_column_notes(rows, with_link, limits))
     out.extend(_link_notes(groups))
     out.extend(_tasks_notes(groups))
-    for workload, link, mode in groups:
-        p2p = med(workload, link, mode, "p2p_bytes")
+    for (workload, link, limit, mode), these in groups.items():
+        p2p = _median([r.get("p2p_bytes") for r in these])
         if p2p:
-            where = "" if link == "-" else f" / {link}"
-            out.append(f"note: {workload} / {mode}{where} also pushed {p2p / 1e6:.1f} MB "
-                       "through P2P shuffle comms (not in 'MB moved'; includes shards sent "
-                       "to self)")
+            out.append(f"note: {workload} / {mode}{_where(link, limit)} also pushed "
+                       f"{p2p / 1e6:.1f} MB through P2P shuffle comms (not in 'MB moved'; "
+                       "includes shards sent to self)")
     return "\n".join(out)
 
 
@@ -1182,6 +1495,7 @@ def main(args: argparse.Namespace) -> int:
                 json_path=args.json,
                 timeout=args.timeout,
                 link=link,
+                memory_limit=args.memory_limit,
             )
     except (BenchError, LinkError, ValueError) as exc:  # includes ChecksumMismatch
         print(f"error: {exc}", file=sys.stderr)
@@ -1204,6 +1518,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="runs per (workload, mode); the table shows medians")
     parser.add_argument("--json", default=None, help="write all rows to this JSON file")
     parser.add_argument("--timeout", type=float, default=1800, help="per-run timeout in seconds")
+    parser.add_argument("--memory-limit", metavar="SIZE", default=None,
+                        help="memory limit of every worker, e.g. 300MB, with Dask's own "
+                             "target/spill/pause/terminate fractions (default: none); rows "
+                             "report bytes spilled to disk and pauses")
     add_link_arguments(parser)
 
 

@@ -309,12 +309,16 @@ def _namespaced_worker_class():
     from distributed.deploy.spec import ProcessInterface
 
     class NamespacedWorker(ProcessInterface):
-        """A ``dask worker`` process (one thread, no memory limit, no nanny) in a
-        namespace of its own, behind a shaped link; a ``SpecCluster`` worker spec."""
+        """A ``dask worker`` process (one thread, no nanny; ``memory_limit`` bytes,
+        0 for none) in a namespace of its own, behind a shaped link; a
+        ``SpecCluster`` worker spec.  Without a nanny nothing terminates a
+        worker over its limit, but it spills and pauses as usual."""
 
-        def __init__(self, scheduler: str, name: Any, link: Link, log_dir: str):
+        def __init__(self, scheduler: str, name: Any, link: Link, log_dir: str,
+                     memory_limit: int = 0):
             super().__init__(scheduler=scheduler, name=name)
             self.scheduler, self.name, self.link, self.log_dir = scheduler, name, link, log_dir
+            self.memory_limit = memory_limit
             self.holder: NetnsHolder | None = None
             self.proc: subprocess.Popen | None = None
             self.log: str | None = None
@@ -322,7 +326,8 @@ def _namespaced_worker_class():
         def _launch(self) -> None:
             self.holder, address = attach(int(self.name), self.link)
             cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.scheduler,
-                   "--name", str(self.name), "--nthreads", "1", "--memory-limit", "0",
+                   "--name", str(self.name), "--nthreads", "1",
+                   "--memory-limit", str(int(self.memory_limit)),
                    "--no-nanny", "--no-dashboard", "--host", address]
             self.log = os.path.join(self.log_dir, f"worker-{self.name}.log")
             with open(self.log, "w") as log:
@@ -354,16 +359,18 @@ def _namespaced_worker_class():
 
 
 @contextlib.contextmanager
-def namespaced_cluster(n_workers: int, link: Link):
+def namespaced_cluster(n_workers: int, link: Link, memory_limit: int = 0):
     """A ``SpecCluster``: the scheduler in this process on the switch, each worker
-    in its own namespace behind a shaped link. ``cluster.scale(n)`` adds workers
-    the same way. Yields the cluster; every namespace is gone when it exits."""
+    in its own namespace behind a shaped link, with ``memory_limit`` bytes (0:
+    none). ``cluster.scale(n)`` adds workers the same way. Yields the cluster;
+    every namespace is gone when it exits."""
     from distributed import Scheduler, SpecCluster
 
     host = make_switch()
     with tempfile.TemporaryDirectory(prefix="autorestrictor-link-") as log_dir:
         worker = {"cls": _namespaced_worker_class(),
-                  "options": {"link": link, "log_dir": log_dir}}
+                  "options": {"link": link, "log_dir": log_dir,
+                              "memory_limit": memory_limit}}
         scheduler = {"cls": Scheduler,
                      "options": {"host": host, "port": 0, "dashboard": False,
                                  "dashboard_address": None}}

@@ -4,12 +4,14 @@ Each workload builds one or more dask collections from synthetic, seeded
 data.  ``scale`` multiplies the amount of data while keeping the number of
 chunks (and hence the shape of the task graph) fixed: at ``scale=1.0`` most
 workloads touch a few hundred MB to a couple of GB, at ``scale=0.25`` a
-quarter of that.
+quarter of that.  The tall-and-skinny factorisations (``qr``, ``svd``) are
+the exception: there ``scale`` multiplies the number of 8 MB row blocks.
 
 Wherever possible the data is integer valued (stored as float64), so that sums
 are exact and do not depend on the order in which partial results meet.  The
-few workloads with genuinely fractional results (``anom-mean``, ``hub``) rely
-on :func:`checksum` rounding to a fixed number of significant digits.
+few workloads with genuinely fractional results (``anom-mean``, ``hub``,
+``qr``, ``svd``) rely on :func:`checksum` rounding to a fixed number of
+significant digits.
 
 Workers have to be able to import this module: the functions used inside
 graphs (``_window_sum``, ``_make_frame``, ...) are pickled by reference.
@@ -251,6 +253,48 @@ def persisted(scale: float, client) -> list:
 
 
 # --------------------------------------------------------------------------
+# tall-and-skinny linear algebra
+
+#: Row blocks of ``qr`` and ``svd`` at scale 1, and the shape of one block
+#: (10,000 x 100 float64: 8 MB).
+TS_BLOCKS = 40
+TS_BLOCK = (10_000, 100)
+
+
+def _tall_skinny(scale: float):
+    """Seeded uniform random array of ``TS_BLOCKS * scale`` (at least 2) row blocks.
+
+    Unlike most workloads, ``scale`` here changes the number of chunks (the
+    graph's shape) and keeps their size: a tall-and-skinny factorisation is
+    only tall and skinny with full-width blocks.
+    """
+    blocks = max(2, _scaled(TS_BLOCKS, scale))
+    rows, cols = TS_BLOCK
+    return da.random.default_rng(SEED).random((blocks * rows, cols), chunks=(rows, cols))
+
+
+def qr(scale: float, client=None) -> list:
+    """Tall-and-skinny QR (``da.linalg.qr``): ``q.sum(axis=0)`` and ``r`` together.
+
+    40 row blocks of 8 MB at scale 1; the blocks' R factors meet in a
+    reduction, and ``q`` is rebuilt block by block from it.
+    """
+    q, r = da.linalg.qr(_tall_skinny(scale))
+    return [q.sum(axis=0), r]
+
+
+def svd(scale: float, client=None) -> list:
+    """Tall-and-skinny SVD (``da.linalg.svd``): ``u.sum(axis=0)``, ``s`` and ``v``.
+
+    The array of ``qr``.  Singular vectors are defined up to sign;
+    :func:`checksum` summarises fractional results with absolute values
+    and squares, so a flipped sign could not make the modes disagree.
+    """
+    u, s, v = da.linalg.svd(_tall_skinny(scale))
+    return [u.sum(axis=0), s, v]
+
+
+# --------------------------------------------------------------------------
 # small shared operands
 
 
@@ -473,7 +517,7 @@ def _scale_during(client, cluster, t0: float, scale: float, *, n: int, delay: fl
 
     Waits until all new workers have registered with the scheduler, noting
     when each was first seen (polling every 20 ms).  New workers get
-    LocalCluster's worker spec: one thread, no memory limit.
+    the cluster's worker spec: one thread, the bench's memory limit if any.
 
     Returns
     -------
@@ -549,6 +593,8 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in [
         Workload("seed-sum", "zeros, 200 column chunks, sum(axis=1)", seed_sum),
+        Workload("seed-sum-2w", "seed-sum on 2 workers, whatever --workers says", seed_sum,
+                 workers=2),
         Workload("a-plus-b", "(a + b).sum(axis=1), column chunks", a_plus_b),
         Workload("anom-mean", "monthly climatology + anomaly over daily chunks", anom_mean),
         Workload("vorticity", "pad, rechunk, finite differences, sum", vorticity),
@@ -561,6 +607,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("dataframe-shuffle", "P2P shuffle on id, per-partition groupby",
                  dataframe_shuffle),
         Workload("chains", "100 independent 4-stage chains, 3 outputs each", chains),
+        Workload("qr", "tall-and-skinny QR of 40 row blocks of 8 MB: q.sum(axis=0), r", qr),
+        Workload("svd", "tall-and-skinny SVD of 40 row blocks of 8 MB: u.sum(axis=0), s, v",
+                 svd),
         Workload("broadcast", "column sum, every chunk times one shared weight vector",
                  broadcast),
         Workload("two-pass", "weighted row-block sums, twice: sizes learned from the first",
