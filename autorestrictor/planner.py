@@ -642,11 +642,7 @@ def assign(
     c = a.comp[nodes]
     first = np.full(a.comp.max() + 1, np.inf)
     np.minimum.at(first, c, a.structural[nodes])
-    # (Fine pieces are cut in the graph's own order, chunk order for Dask
-    # collections: contiguous chunks, so seams cut the fewest blocks of a
-    # tree reduction; whole groups keep the run order.)
-    within = a.structural if fine else a.rank
-    order = np.lexsort((within[nodes], c, first[c]))
+    order = np.lexsort((a.rank[nodes], c, first[c]))
     nodes, c = nodes[order], c[order]
     total = float(a.cost[nodes].sum())
     share = total / threads.sum()  # fair work per thread
@@ -658,7 +654,7 @@ def assign(
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
         sub = _split(a, nodes, c, split, piece_size, spread)
-        order = np.lexsort((within[nodes], sub, c, first[c]))
+        order = np.lexsort((a.rank[nodes], sub, c, first[c]))
         nodes, c, sub = nodes[order], c[order], sub[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
     piece = np.cumsum(boundary) - 1

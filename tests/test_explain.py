@@ -34,16 +34,17 @@ def test_explain_seed_example_shows_the_chunk_map():
     assert e.reason is None
     m = e.map
     assert m.kind == "chunks" and m.shape == (1, 200) and m.name.startswith("random")
-    # every chunk pinned, in four contiguous runs of columns, one per worker
+    # every chunk pinned, in runs of neighbouring columns, at most three per worker
     row = m.grid[0]
-    assert (row >= 0).all()
-    assert (np.diff(row) != 0).sum() == 3 and len(set(row.tolist())) == 4
+    assert (row >= 0).all() and len(set(row.tolist())) == 4
+    starts = row[np.r_[True, np.diff(row) != 0]]
+    assert max(np.bincount(starts)) <= 3, row
     # balanced from the start: every worker within 5% of a fair share of the
     # predicted seconds (the subtrees, 64, 64, 64 and 8 chunks, are split) ...
     finish = np.array(e.plan.finish)
     assert finish.max() <= 1.05 * finish.mean() and finish.min() >= 0.95 * finish.mean()
     # ... at the cost of a few partial sums; Dask's queue spreads each subtree's chunks
-    assert e.predicted_bytes <= 16 and e.default_bytes >= 100
+    assert e.predicted_bytes <= 24 and e.default_bytes >= 100
     html = e._repr_html_()
     assert "<svg" in html and "worker-3" in html
     for i in range(4):  # the four workers' colours fill the map
