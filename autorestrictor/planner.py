@@ -353,6 +353,7 @@ class Analysis:
     threads: np.ndarray  #: threads per worker, in the order of the plan's workers
     busy: np.ndarray  #: work already waiting per worker (units of ``cost``)
     size: np.ndarray  #: output bytes (known, or the typical size)
+    known: np.ndarray  #: whether ``size`` was given (else assumed)
     cost: np.ndarray  #: relative compute cost (1 when not given)
     located: np.ndarray  #: worker index already holding the output, or -1
     rank: np.ndarray  #: run order, lower first (dask.order's priority)
@@ -386,7 +387,7 @@ def analyse(
     reason to step back (``None`` when there is parallelism to spread).
     Complexity: O(tasks + edges) plus two sorts in C.
     """
-    size = node_sizes(g, nbytes)
+    size, known = _sizes_and_known(g, nbytes)
     located = _located(g, who_has, addrs)
     pinnable = np.zeros(g.n, dtype=bool)
     pinnable[: g.n_tasks] = True
@@ -421,7 +422,7 @@ def analyse(
     cost_arr[broadcast] = 0.0  # a small operand: not work to balance
     comp = find_groups(g, member, heavy)
     a = Analysis(
-        g=g, threads=threads, busy=_busy(busy, addrs), size=size,
+        g=g, threads=threads, busy=_busy(busy, addrs), size=size, known=known,
         cost=cost_arr, located=located,
         rank=_ranks(g, priority, structural), structural=structural,
         depth=depth, comp=comp, heavy=heavy,
@@ -1084,10 +1085,13 @@ def predicted_finish(a: Analysis, worker_of: np.ndarray, bandwidth: float) -> np
     """Predicted seconds until each worker finishes its part of the plan.
 
     Its work already waiting (``busy``) and its pinned compute (``cost``, in
-    seconds), over its threads, plus the seconds to receive, at
-    ``bandwidth`` bytes per second, each output it reads that is made or
-    held on another worker (once per output). Tasks left to Dask count on
-    no worker. O(edges log edges).
+    seconds), over its threads, plus the seconds to receive each output it
+    reads that is made or held on another worker (once per output): its
+    size over ``bandwidth`` bytes per second, and where its size is
+    assumed, at least the seconds its task takes to compute (an unknown
+    output is taken to be as dear to send as to make, so that a plan does
+    not win on sizes nobody measured). Tasks left to Dask count on no
+    worker. O(edges log edges).
     """
     g, n_w = a.g, a.n_workers
     pinned = worker_of >= 0
@@ -1096,8 +1100,12 @@ def predicted_finish(a: Analysis, worker_of: np.ndarray, bandwidth: float) -> np
     src_w, dst_w = where[g.src], worker_of[g.dst]
     cross = (src_w >= 0) & (dst_w >= 0) & (src_w != dst_w)
     pairs = np.unique(g.src[cross] * n_w + dst_w[cross])
-    received = np.bincount(pairs % n_w, weights=a.size[pairs // n_w], minlength=n_w)
-    return (a.busy + compute) / a.threads + received / bandwidth
+    src = pairs // n_w
+    seconds = a.size[src] / bandwidth
+    guessed = ~a.known[src]
+    seconds[guessed] = np.maximum(seconds[guessed], a.cost[src[guessed]])
+    received = np.bincount(pairs % n_w, weights=seconds, minlength=n_w)
+    return (a.busy + compute) / a.threads + received
 
 
 def predicted_transfer(
@@ -1301,10 +1309,17 @@ def per_node(
 
 def node_sizes(g: Graph, nbytes: Mapping[Key, float] | None) -> np.ndarray:
     """Output bytes per node: given, else the typical given size, else 1."""
+    return _sizes_and_known(g, nbytes)[0]
+
+
+def _sizes_and_known(g: Graph, nbytes: Mapping[Key, float] | None) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """:func:`node_sizes`, and the mask of the nodes whose size was given."""
     size = per_node(g, nbytes, default=np.nan, name="nbytes")
     known = ~np.isnan(size)
     size[~known] = _typical_size(size[known]) if known.any() else 1.0
-    return size
+    return size, known
 
 
 def _typical_size(size: np.ndarray) -> float:
