@@ -17,9 +17,9 @@ from time import time
 from autorestrictor.state import HOLD, PENDING, Queues
 
 
-def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
-             admission: bool) -> list[list]:
-    """Pin each of ``keys`` to ``workers[worker_of[i]]``; hold roots for admission.
+def pin_plan(tss: list, worker_of: list[int], workers: list[str],
+             admission: bool, is_rootish=None) -> list[list]:
+    """Pin each task of ``tss`` to ``workers[worker_of[i]]``; hold roots for admission.
 
     All or nothing: a failure undoes what was done, and re-raises. Returns
     the held roots (tasks) per worker index, in plan order, for the caller
@@ -27,16 +27,16 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
 
     Hold what Dask's queue would hold: roots, and tasks of a large group with
     few inputs (seven tasks reading one small task). Root-ishness is asked
-    before the pin is set (a pinned task is not root-ish to Dask), once per
-    task group, as Dask decides it. Allocation is kept low on purpose: every
-    object made here on a scheduler holding millions of them brings the next
-    full garbage collection closer, and that runs on the event loop.
+    (``is_rootish``, the scheduler's own test) before the pin is set (a
+    pinned task is not root-ish to Dask), once per task group, as Dask
+    decides it. The tasks are those the plan was read from, in plan order:
+    no key is looked up again. Allocation is kept low on purpose: every
+    object made here on a scheduler holding millions of them brings the
+    next full garbage collection closer, and that runs on the event loop.
     """
-    tasks = scheduler.tasks
     pins = [{addr} for addr in workers]
     hold = {HOLD}
     held: list[list] = [[] for _ in workers]
-    is_rootish = getattr(scheduler, "is_rootish", None)
     by_group: dict = {}
 
     def rootish(ts) -> bool:
@@ -46,8 +46,7 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
         return by_group[tg]
 
     try:
-        for key, w in zip(keys, worker_of):
-            ts = tasks[key]
+        for ts, w in zip(tss, worker_of):
             if admission and (not ts.dependencies or rootish(ts)):
                 ts.worker_restrictions = hold
                 held[w].append(ts)
@@ -58,9 +57,8 @@ def pin_plan(scheduler, keys: list, worker_of: list[int], workers: list[str],
     except BaseException:
         # Undo: every restriction set here is one of these objects.
         ours = {id(hold), *map(id, pins)}
-        for key in keys:
-            ts = tasks.get(key)
-            if ts is not None and id(ts.worker_restrictions) in ours:
+        for ts in tss:
+            if id(ts.worker_restrictions) in ours:
                 ts.worker_restrictions = set()
         raise
     return held

@@ -50,10 +50,11 @@ class GraphInputs:
     placed_at_run_time: list
     bandwidth: float  # bytes per second between workers, as the scheduler measures it
     sizes: Sizes
+    tasks: list  # the tasks of ``dependencies``, in its order
 
     def plan_kwargs(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del out["sizes"]
+        del out["sizes"], out["tasks"]
         return out
 
 
@@ -79,6 +80,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     # dictionary of tuple keys (each store hashes the key anew) is built
     # for them.
     order: list = []
+    tss: list = []
     deps_of: list = []
     kinds: list = []
     cost: list = []
@@ -95,6 +97,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         if ts is None:
             continue
         order.append(key)
+        tss.append(ts)
         deps = ts.dependencies
         deps_of.append([dts.key for dts in deps] if deps else ())
         prefix = ts.prefix
@@ -140,6 +143,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
         cost=np.array(cost, dtype=np.float64), busy=busy(state, workers, unknown),
         placed_at_run_time=p2p, bandwidth=float(scheduler.bandwidth), sizes=sizes,
+        tasks=tss,
     )
 
 

@@ -113,6 +113,8 @@ class Plan:
         Decisions worth knowing (groups left to Dask as all-to-all, ...).
     plan_s:
         Seconds spent planning.
+    nodes:
+        For each pinned key, its position in ``dependencies``.
     finish:
         Predicted seconds until each worker (in the order of ``workers``)
         finishes its pinned work, when the planner was given a bandwidth
@@ -138,6 +140,7 @@ class Plan:
     sizes: dict | None = None
     rank_of: np.ndarray | None = field(default=None, repr=False)
     finish: tuple[float, ...] | None = None
+    nodes: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def units(self) -> np.ndarray:
@@ -338,6 +341,7 @@ def plan(
         unit_of=_units(g, worker_of, piece_of, pinned),
         rank_of=a.rank[pinned],
         finish=None if finish is None else tuple(finish.tolist()),
+        nodes=pinned,
     )
 
 

@@ -36,7 +36,7 @@ def plan_graph(scheduler, st: State, keys: list, annotations: dict) -> bool:
     st.n_plans += 1
     timing: dict[str, float] = {}  # seconds of each part, in the plan's record
     try:
-        p = _plan(scheduler, st, keys, annotations, timing)
+        p, tss = _plan(scheduler, st, keys, annotations, timing)
     except Exception as e:  # the planner must never break a computation
         records.plan_record(scheduler, st, {
             "n_tasks": len(keys), "reason": f"planning failed: {e!r}"},
@@ -50,7 +50,7 @@ def plan_graph(scheduler, st: State, keys: list, annotations: dict) -> bool:
         level = logging.DEBUG if "min-tasks" in (p.reason or "") else logging.INFO
         records.plan_record(scheduler, st, summary, start, level=level)
         return False
-    return _apply_and_record(scheduler, st, p, timing, start, {})
+    return _apply_and_record(scheduler, st, p, tss, timing, start, {})
 
 
 def late_plans(scheduler, st: State) -> bool:
@@ -75,7 +75,7 @@ def late_plans(scheduler, st: State) -> bool:
         extra = {"late": d.id, "note": f"planned when workers joined (graph {d.id} "
                                       "arrived with fewer than two workers)"}
         try:
-            p = _plan(scheduler, st, keys, d.annotations, timing, states=LATE)
+            p, tss = _plan(scheduler, st, keys, d.annotations, timing, states=LATE)
         except Exception as e:
             records.plan_record(scheduler, st, {
                 "n_tasks": len(keys), "reason": f"planning failed: {e!r}", **extra},
@@ -84,23 +84,25 @@ def late_plans(scheduler, st: State) -> bool:
         if not p.applied:
             records.plan_record(scheduler, st, {**p.summary(), **extra}, start)
             continue
-        held |= _apply_and_record(scheduler, st, p, timing, start, extra, late=True)
+        held |= _apply_and_record(scheduler, st, p, tss, timing, start, extra, late=True)
     return held
 
 
 def _plan(scheduler, st: State, keys: list, annotations: dict, timing: dict,
-          states: frozenset = frozenset({"released"})) -> Plan:
+          states: frozenset = frozenset({"released"})) -> tuple[Plan, list]:
+    """The plan for ``keys``, and the tasks it was read from (in the order
+    of the plan's nodes)."""
     t0 = perf_counter()
     inputs = intake.read_graph(scheduler, keys, annotations, st, states=states)
     timing["read_s"] = perf_counter() - t0
     p = plan(**inputs.plan_kwargs(), **dataclasses.asdict(st.options))
-    return dataclasses.replace(p, sizes=inputs.sizes.counts())
+    return dataclasses.replace(p, sizes=inputs.sizes.counts()), inputs.tasks
 
 
-def _apply_and_record(scheduler, st: State, p: Plan, timing: dict, start: float,
-                      extra: dict, late: bool = False) -> bool:
+def _apply_and_record(scheduler, st: State, p: Plan, tss: list, timing: dict,
+                      start: float, extra: dict, late: bool = False) -> bool:
     try:
-        held = apply_plan(scheduler, st, p, timing, late=late)
+        held = apply_plan(scheduler, st, p, tss, timing, late=late)
     except Exception as e:
         records.plan_record(scheduler, st, {
             **p.summary(), "reason": f"applying failed: {e!r}", **extra},
@@ -111,7 +113,8 @@ def _apply_and_record(scheduler, st: State, p: Plan, timing: dict, start: float,
     return held
 
 
-def apply_plan(scheduler, st: State, p: Plan, timing: dict, late: bool = False) -> bool:
+def apply_plan(scheduler, st: State, p: Plan, tss: list, timing: dict,
+               late: bool = False) -> bool:
     """Pin the plan (all or nothing), queue its roots, and record its units.
 
     The first roots are released on the next tick of the event loop, once
@@ -120,11 +123,13 @@ def apply_plan(scheduler, st: State, p: Plan, timing: dict, late: bool = False) 
     Returns whether roots were held.
     """
     t0 = perf_counter()
-    held = actions.pin_plan(scheduler, p.keys, p.worker_of.tolist(), p.workers, st.admission)
+    held = actions.pin_plan(list(map(tss.__getitem__, p.nodes.tolist())),
+                            p.worker_of.tolist(), p.workers, st.admission,
+                            getattr(scheduler, "is_rootish", None))
     if late:
         actions.reschedule(scheduler, p.keys)
-    for addr, tss in zip(p.workers, held):
-        st.queues.hold_tasks(addr, tss)
+    for addr, roots in zip(p.workers, held):
+        st.queues.hold_tasks(addr, roots)
     t1 = perf_counter()
     timing["pin_s"] = t1 - t0
     # Forget finished units before adding this plan's, which are all

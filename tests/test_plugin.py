@@ -169,24 +169,23 @@ async def test_what_it_did_is_in_the_scheduler_log(c, s, a, b):
 async def test_apply_fault_is_all_or_nothing(c, s, a, b):
     await c.register_plugin(AutoRestrictor())
     p = s.plugins["autorestrictor"]
-    real_tasks = s.tasks
 
-    class Exploding(dict):
-        n = 0
+    class Exploding(list):
+        """The plan's tasks; the first pass over them fails at the fifth."""
 
-        def __getitem__(self, key):
-            self.n += 1
-            if self.n == 5:
-                raise RuntimeError("injected apply fault")
-            return super().__getitem__(key)
+        passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            for i, ts in enumerate(super().__iter__()):
+                if self.passes == 1 and i == 4:
+                    raise RuntimeError("injected apply fault")
+                yield ts
 
     real_pin = actions.pin_plan
 
-    def pin_plan(scheduler, *args):
-        class View:
-            tasks = Exploding(real_tasks)
-
-        return real_pin(View, *args)
+    def pin_plan(tss, *args):
+        return real_pin(Exploding(tss), *args)
 
     with mock.patch.object(actions, "pin_plan", pin_plan):
         assert (await c.compute(seed_like(n_chunks=20))).sum() == 20 * 1000
