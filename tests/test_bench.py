@@ -251,7 +251,8 @@ def test_format_table_shows_memory_and_prediction_columns():
         fake_row("qr", "default", 0, spilled_bytes=40_000_000, pauses=1, **limit),
         fake_row("qr", "default", 1, spilled_bytes=60_000_000, pauses=3, **limit),
         fake_row("qr", "autorestrictor", 0, spilled_bytes=25_000_000, pauses=0,
-                 predicted_bytes=12_300_000, bytes_moved=20_000_000, **limit),
+                 predicted_bytes=12_300_000, predicted_sizes_known=True,
+                 bytes_moved=20_000_000, **limit),
     ]
     table = format_table(rows)
     default, plugin = _cells(table)
@@ -266,6 +267,9 @@ def test_format_table_shows_memory_and_prediction_columns():
                                  fake_row("qr", "autorestrictor", predicted_bytes=None)]))
     assert "spilled MB" not in plain[0] and "pauses" not in plain[0]
     assert plain[0]["pred MB"] == plain[1]["pred MB"] == "-"  # no plan applied: no prediction
+    guessed = _cells(format_table([fake_row("qr", "default"), fake_row(
+        "qr", "autorestrictor", predicted_bytes=7, predicted_sizes_known=False)]))
+    assert guessed[1]["pred MB"] == "-", "a prediction on assumed sizes counts outputs, not MB"
 
     # rows with and without a limit are compared with their own default
     mixed = _cells(format_table(rows + [fake_row("qr", "default", wall_s=4.0),
@@ -295,12 +299,17 @@ async def test_pause_counter_counts_every_pause(c, s, a, b):
 def test_plan_summary_sums_the_applied_plans(monkeypatch):
     import autorestrictor
 
-    plans = [{"plan_s": 0.1, "predicted_bytes": 1_000, "reason": None},
+    plans = [{"plan_s": 0.1, "predicted_bytes": 1_000, "reason": None,
+              "sizes": {"measured": 3, "learned": 5, "assumed": 0}},
              {"plan_s": 0.2, "predicted_bytes": 0, "reason": "graph has 3 tasks"},
-             {"plan_s": 0.3, "predicted_bytes": 500, "reason": None}]
+             {"plan_s": 0.3, "predicted_bytes": 500, "reason": None,
+              "sizes": {"measured": 0, "learned": 8, "assumed": 0}}]
     monkeypatch.setattr(autorestrictor, "last_rebalances", lambda client: [])
     monkeypatch.setattr(autorestrictor, "last_plans", lambda client: plans)
     assert bench._plan_summary(None)["predicted_bytes"] == 1_500
+    assert bench._plan_summary(None)["predicted_sizes_known"]
+    plans[2]["sizes"]["assumed"] = 1
+    assert not bench._plan_summary(None)["predicted_sizes_known"]
     monkeypatch.setattr(autorestrictor, "last_plans", lambda client: plans[1:2])
     assert bench._plan_summary(None)["predicted_bytes"] is None  # nothing pinned, no prediction
 

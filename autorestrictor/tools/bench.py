@@ -135,6 +135,7 @@ ROW_KEYS = (
     "spilled_bytes",
     "pauses",
     "predicted_bytes",
+    "predicted_sizes_known",
 )
 
 #: Interval between RSS samples of the worker processes, in seconds.
@@ -580,7 +581,9 @@ def _plan_summary(client) -> dict[str, Any]:
 
     ``predicted_bytes`` sums the applied plans' predictions; it is ``None``
     when the plugin applied no plan (a graph it left to Dask predicts
-    nothing, and 0 would read as a prediction).
+    nothing, and 0 would read as a prediction). ``predicted_sizes_known``
+    says whether every output size was measured or learned when the plans
+    were made; the table shows the prediction only then.
     """
     import autorestrictor
 
@@ -590,6 +593,10 @@ def _plan_summary(client) -> dict[str, Any]:
         "plan_s": float(sum(p["plan_s"] for p in plans)),
         "predicted_bytes": (
             int(sum(p.get("predicted_bytes", 0) for p in applied)) if applied else None),
+        # every output size measured or learned when its plan was made (an
+        # assumed size counts one byte: the prediction is then in outputs)
+        "predicted_sizes_known": bool(applied) and all(
+            not (p.get("sizes") or {}).get("assumed") for p in applied),
         "plans": len(plans),
         "plan_reasons": sorted({p["reason"] for p in plans if p.get("reason") is not None}),
         "rebalances": len(autorestrictor.last_rebalances(client)),
@@ -857,7 +864,8 @@ def measure(
         info = client.scheduler_info(n_workers=-1)["workers"]
         names.update({addr: f"w{info[addr]['name']}" for addr in info})
         plans = (_plan_summary(client) if mode == "autorestrictor"
-                 else {"plan_s": 0.0, "predicted_bytes": None})
+                 else {"plan_s": 0.0, "predicted_bytes": None,
+                       "predicted_sizes_known": False})
 
     stream = [{**rec, "worker": names.get(rec["worker"], rec["worker"])} for rec in ts.data]
     shares = _compute_shares(stream, set(names.values()))
@@ -1364,7 +1372,9 @@ def _table_line(groups: dict[_Group, list[dict]], key: _Group, link_col: bool,
         f"{med('wall_s'):.2f}",
         _seconds(med("cpu_s")),
         _mb(med("bytes_moved")),
-        _mb(med("predicted_bytes")) if mode == "autorestrictor" else "-",
+        _mb(med("predicted_bytes"))
+        if mode == "autorestrictor" and all(r.get("predicted_sizes_known") for r in groups[key])
+        else "-",
         f"{med('transfers'):.0f}",
         _mb(med("peak_memory_bytes"), 0),
         *memory,
@@ -1405,7 +1415,7 @@ def _column_notes(rows: Sequence[dict], with_link: bool, limits: set[str]) -> li
                    f"near {cores:.0f} cores x wall s was CPU-bound")
     if any(r["mode"] == "autorestrictor" for r in rows):
         out.append("pred MB: bytes the plugin's applied plans predicted would cross workers "
-                   "(compare MB moved)")
+                   "(compare MB moved), shown where every size was known when they were made")
     if memory:
         one = f"memory limit {next(iter(limits))} per worker" if len(limits) == 1 else (
             "limit: memory limit per worker")
