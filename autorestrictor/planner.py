@@ -929,7 +929,9 @@ def _tree_roots(
     rather than a global mean.
     Ties go to the input fewer tasks read, a chunk's own data rather than an
     operand it shares with other chunks (sizes are often unknown before a
-    first run), then to the input that runs first, which keeps the tasks
+    first run), then to the input whose own inputs fewer tasks read (a
+    block's own factor rather than its slice of a factor all blocks share,
+    as in a tall-and-skinny QR), then to the input that runs first, which keeps the tasks
     reading one block together; with ``spread``, to the tied input numbered by the
     task's own number modulo the number of ties, for graphs where always the
     first hangs every task on one tree (the outputs of a two-stage rechunk
@@ -945,7 +947,11 @@ def _tree_roots(
     src, dst = g.src[e], g.dst[e]
     if len(src):
         pull = _pull(g, src, size, n_workers)
-        order = np.lexsort((rank[src], g.outdegree[src], -pull, dst))
+        # An input made from an output that many tasks read (a slice of a
+        # shared factor) is shared one step up: its own inputs' readers.
+        up = np.zeros(g.n, dtype=np.int64)
+        np.maximum.at(up, g.dst, g.outdegree[g.src])
+        order = np.lexsort((rank[src], up[src], g.outdegree[src], -pull, dst))
         d, p = dst[order], pull[order]
         starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
         pick = starts
