@@ -671,3 +671,32 @@ def test_an_uneven_plan_gives_way_to_a_balanced_one_where_sending_is_cheap():
     dear = plan(deps, {f"w{i}": 1 for i in range(4)}, min_tasks=1, bandwidth=1e-6)
     assert sorted(dear.load.values()) == [3, 31, 31, 31], "sending dominates: locality wins"
     assert dear.finish is not None
+
+
+def _tall_skinny_qr(n: int = 24) -> dict:
+    """A tall-and-skinny QR's shape: each block is factored (``qr``), its R
+    parts are stacked and factored once more, and each block's Q is
+    multiplied by its slice (``q2``) of that shared factor."""
+    deps: dict = {}
+    for i in range(n):
+        deps[f"x{i}"] = []
+        deps[f"qr{i}"] = [f"x{i}"]
+        deps[f"q1-{i}"] = [f"qr{i}"]
+        deps[f"r1-{i}"] = [f"qr{i}"]
+    deps["stack"] = [f"r1-{i}" for i in range(n)]
+    deps["qr2"] = ["stack"]
+    deps["q2-aux"] = ["qr2"]
+    for i in range(n):
+        deps[f"q2-{i}"] = ["q2-aux"]
+        deps[f"dot{i}"] = [f"q1-{i}", f"q2-{i}"]
+    return deps
+
+
+def test_a_block_of_q_stays_with_the_product_that_reads_it():
+    """Sizes unknown, every input counts the same: the product follows its
+    block's own factor, not its slice of the factor every block shares."""
+    deps = _tall_skinny_qr()
+    p = plan(deps, W4, min_tasks=1)
+    at = p.assignment
+    assert p.reason is None and len(set(at.values())) == 4
+    assert all(at[f"dot{i}"] == at[f"q1-{i}"] == at[f"x{i}"] for i in range(24))
