@@ -79,19 +79,22 @@ class Memory:
         self.busy = busy
         self.front = front
 
-    def admit(self, key: Hashable, priority: tuple, taken: bool,
-              wanted: bool = False) -> bool:
+    def admit(self, key: Hashable, priority: tuple, taken: bool) -> bool:
         """May ``key`` (of ``priority``) be released? ``taken``: whether
-        roots were already taken now; ``wanted``: a small root that readers
-        on other workers wait for (see :func:`note_wanted`), always
-        admitted: its readers free memory there."""
+        roots were already taken now. If so, its bytes are counted."""
         need = max(self.size(key), 0.0)
-        if need > self.room and not wanted and (
+        if need > self.room and (
             self.busy or taken or (self.front is not None and priority > self.front)
         ):
             return False
         self.room -= need
         return True
+
+    def charge(self, key: Hashable) -> None:
+        """Count the bytes of ``key``, released whatever the room: a small root
+        that readers on other workers wait for (see :func:`note_wanted`),
+        whose readers free memory there."""
+        self.room -= max(self.size(key), 0.0)
 
 
 def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
@@ -134,8 +137,9 @@ def take(queues: Queues, addr: str, free: int,
     queue's order; then the queue in priority order. A root whose inputs
     are not ready stays queued; one that is gone is forgotten. With a
     ``memory`` budget, taking from the queue stops at the first root whose
-    expected output does not fit in it (see :class:`Memory`). Taken keys leave ``held_at``:
-    the caller releases them. O(taken + skipped) heap operations.
+    expected output does not fit in it (see :class:`Memory`); wanted roots
+    are only counted. Taken keys leave ``held_at``: the caller releases
+    them. O(taken + skipped) heap operations.
 
     Examples
     --------
@@ -156,8 +160,8 @@ def take(queues: Queues, addr: str, free: int,
         del wanted[key]
         if held_at.get(key) != addr or status(key) is not Status.READY:
             continue  # moved, released, done, or its inputs are not ready
-        if memory is not None:  # small, and readers elsewhere wait for it: no limit
-            memory.admit(key, (), bool(out), wanted=True)
+        if memory is not None:
+            memory.charge(key)
         del held_at[key]  # (its heap entry is skipped below)
         out.append(key)
         free -= 1
