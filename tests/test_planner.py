@@ -343,6 +343,29 @@ def test_independent_subgraphs_land_whole_and_balanced(seed, n_workers, per_work
     assert max(per.values()) <= (1 + 0.3) * len(deps) / n_workers + size
 
 
+def test_one_task_heavier_than_a_share_does_not_turn_the_graph_away():
+    """A 21-chunk column sum as older dask fuses it: the last chunk and its
+    partial sum are one task of a kind never seen, priced at Dask's 0.5 s
+    beside learned sub-millisecond ones. That task is heavier than a share,
+    but it is one task: no placement balances it, so the graph is planned
+    (the rest spread around it), not left to Dask as lopsided."""
+    deps = {("x", i): [] for i in range(20)}
+    deps["fused"] = []
+    deps.update({("p", j): [("x", i) for i in range(4 * j, 4 * j + 4)] for j in range(5)})
+    deps[("p", 5)] = ["fused"]
+    deps[("q", 0)] = [("p", j) for j in range(4)]
+    deps[("q", 1)] = [("p", 4), ("p", 5)]
+    deps["total"] = [("q", 0), ("q", 1)]
+    cost = {k: 1e-4 for k in deps}
+    cost["fused"] = 0.5
+    workers = {"a": 1, "b": 1}
+    p = plan(deps, workers, cost=cost, nbytes={k: 8_000 for k in deps}, min_tasks=1,
+             bandwidth=1e8)
+    assert p.reason is None, p.reason
+    assert set(deps) - set(p.assignment) <= {"total"}  # the last step is left to Dask
+    check_plan(p, deps, workers)
+
+
 def test_seams_fall_on_round_chunk_numbers():
     """100 chunks kept on 4 workers: seams at 24, 48, 72 rather than 25, 50, 75.
 
