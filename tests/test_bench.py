@@ -475,6 +475,23 @@ def test_broadcast_kept_local_and_sizes_learned():
     assert second["bytes_moved"] <= chunk_bytes / 10, (row["passes"], chunk_bytes)
 
 
+def test_warm_up_plans_the_measured_run_with_known_sizes():
+    """With a warm-up run the measured graph is the second of its kind: its
+    plan rests on learned sizes, so its prediction is shown and agrees with
+    the bytes moved; the warm-up's own plan is not counted in the row."""
+    row = bench.run_one("seed-sum", "autorestrictor", workers=4, scale=0.1, timeout=180,
+                        warm_up=True)
+    assert row["warm_up"] and row["plans"] == 1, row
+    assert row["predicted_sizes_known"], row
+    assert row["bytes_moved"] / 2 <= row["predicted_bytes"] <= 2 * row["bytes_moved"], row
+    cold = bench.run_one("seed-sum", "autorestrictor", workers=4, scale=0.1, timeout=180)
+    assert not cold["warm_up"] and not cold["predicted_sizes_known"], cold
+    # A cluster that changes during the run is never warmed up.
+    elastic = bench.run_one("join-mid-run", "default", workers=2, scale=0.25, timeout=120,
+                            warm_up=True)
+    assert elastic["warm_up"] is False
+
+
 def test_elastic_workloads_report_per_worker():
     """A worker joining mid-run, and two graphs at once, under Dask's default.
 

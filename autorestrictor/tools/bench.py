@@ -136,6 +136,7 @@ ROW_KEYS = (
     "pauses",
     "predicted_bytes",
     "predicted_sizes_known",
+    "warm_up",
 )
 
 #: Interval between RSS samples of the worker processes, in seconds.
@@ -575,9 +576,10 @@ class _During:
         return self.events
 
 
-def _plan_summary(client) -> dict[str, Any]:
+def _plan_summary(client, since: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     """Planning time and step-back reasons recorded by the plugin, its moves,
-    and the bytes its plans predicted would cross workers.
+    and the bytes its plans predicted would cross workers; the first
+    ``since`` plans and moves (those of a warm-up run) are left out.
 
     ``predicted_bytes`` sums the applied plans' predictions; it is ``None``
     when the plugin applied no plan (a graph it left to Dask predicts
@@ -587,7 +589,7 @@ def _plan_summary(client) -> dict[str, Any]:
     """
     import autorestrictor
 
-    plans = autorestrictor.last_plans(client)
+    plans = autorestrictor.last_plans(client)[since[0]:]
     applied = [p for p in plans if p.get("reason") is None]
     return {
         "plan_s": float(sum(p["plan_s"] for p in plans)),
@@ -599,7 +601,7 @@ def _plan_summary(client) -> dict[str, Any]:
             not (p.get("sizes") or {}).get("assumed") for p in applied),
         "plans": len(plans),
         "plan_reasons": sorted({p["reason"] for p in plans if p.get("reason") is not None}),
-        "rebalances": len(autorestrictor.last_rebalances(client)),
+        "rebalances": len(autorestrictor.last_rebalances(client)[since[1]:]),
     }
 
 
@@ -720,6 +722,28 @@ def _register_plugins(client, cluster, mode: str, spec, stack: contextlib.ExitSt
     return cluster.adapt(**spec.adapt), closed_dir
 
 
+def _warm_up(spec, client, scale: float, mode: str) -> tuple[int, int]:
+    """Compute the workload once, unmeasured, and wait until the scheduler
+    has forgotten every task of it (the measured run must find nothing in
+    memory). Returns how many plans and moves the plugin has recorded."""
+    _compute(spec, client, spec.build(scale, client))
+    deadline = time.monotonic() + 60
+    while client.run_on_scheduler(_n_tasks):
+        if time.monotonic() > deadline:
+            raise BenchError("the warm-up run's tasks were still on the scheduler after 60 s")
+        time.sleep(0.05)
+    if mode != "autorestrictor":
+        return 0, 0
+    import autorestrictor
+
+    return (len(autorestrictor.last_plans(client)),
+            len(autorestrictor.last_rebalances(client)))
+
+
+def _n_tasks(dask_scheduler) -> int:
+    return len(dask_scheduler.tasks)
+
+
 def _compute(spec, client, collections: list) -> tuple[list, dict]:
     """Compute the workload's collections (through its ``submit`` hook, if it
     has one).  Returns the results and the extra row fields the hook gave."""
@@ -791,6 +815,7 @@ def measure(
     details: bool = False,
     link: Link | None = None,
     memory_limit: int | None = None,
+    warm_up: bool = False,
 ) -> dict[str, Any]:
     """Run one workload under one mode in a fresh cluster *in this process*.
 
@@ -818,6 +843,13 @@ def measure(
         spill, pause (and, with a nanny, terminate) fractions; no limit by
         default.  Workers with a limit spill to disk (``spilled_bytes``) and
         pause (``pauses``).
+    warm_up : bool
+        First compute the workload once, unmeasured, on the same cluster
+        and let its results go: the measured run is then the second graph
+        of its kind, planned with the output sizes the plugin learned from
+        the first. Workloads whose cluster changes during the run
+        (``during``, ``adapt``) are never warmed up (``warm_up`` is False
+        in their rows).
 
     Returns
     -------
@@ -844,6 +876,8 @@ def measure(
         names = {addr: f"w{info[addr]['name']}" for addr in info}
         pids = {names[addr]: pid for addr, pid in client.run(os.getpid).items()}
         cpu_only = [os.getpid(), client.run_on_scheduler(os.getpid)]
+        warm_up = warm_up and spec.during is None and spec.adapt is None
+        seen = _warm_up(spec, client, scale, mode) if warm_up else (0, 0)
         before, paused_before = client.run(_worker_counters), client.run_on_scheduler(_pause_counts)
 
         with RssSampler(pids, cpu_only=cpu_only) as sampler, get_task_stream(client) as ts:
@@ -863,7 +897,7 @@ def measure(
         after, incoming = _counters_after(client, names, closed_dir, t0)
         info = client.scheduler_info(n_workers=-1)["workers"]
         names.update({addr: f"w{info[addr]['name']}" for addr in info})
-        plans = (_plan_summary(client) if mode == "autorestrictor"
+        plans = (_plan_summary(client, since=seen) if mode == "autorestrictor"
                  else {"plan_s": 0.0, "predicted_bytes": None,
                        "predicted_sizes_known": False})
 
@@ -883,6 +917,7 @@ def measure(
         "tasks": len(stream),
         "tasks_per_worker": _task_counts(stream, sorted(set(names.values()))),
         "checksum": checksum(results),
+        "warm_up": warm_up,
         "link": link_row,
         "transfer_s": sum(seconds for seconds, _ in incoming),
         "transfer_in_bytes": sum(nbytes for _, nbytes in incoming),
@@ -942,10 +977,11 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--link-rate", default=None)
     p.add_argument("--link-shape", default=None)
     p.add_argument("--memory-limit", type=int, default=None)
+    p.add_argument("--warm-up", action="store_true")
     args = p.parse_args(argv)
     link = Link(args.link_rate, args.link_shape) if args.link_rate else None
     row = measure(args.workload, args.mode, args.workers, args.scale, details=args.details,
-                  link=link, memory_limit=args.memory_limit)
+                  link=link, memory_limit=args.memory_limit, warm_up=args.warm_up)
     with open(args.out, "w") as f:
         json.dump(row, f)
 
@@ -969,6 +1005,7 @@ def child_command(
     details: bool = False,
     link: Link | None = None,
     memory_limit: int | None = None,
+    warm_up: bool = False,
 ) -> list[str]:
     """The command line of one run's subprocess (see :func:`run_one`)."""
     cmd = [
@@ -988,6 +1025,8 @@ def child_command(
         cmd += ["--link-rate", link.rate, "--link-shape", link.shape]
     if memory_limit is not None:
         cmd += ["--memory-limit", str(int(memory_limit))]
+    if warm_up:
+        cmd.append("--warm-up")
     return cmd
 
 
@@ -1002,6 +1041,7 @@ def run_one(
     timeout: float | None = 1800,
     link: Link | None = None,
     memory_limit: int | str | None = None,
+    warm_up: bool = False,
 ) -> dict[str, Any]:
     """Run one workload under one mode, in a subprocess with a fresh cluster.
 
@@ -1022,6 +1062,9 @@ def run_one(
     memory_limit : int or str, optional
         Memory limit of every worker, in bytes or as a size such as
         ``"300MB"`` (see :func:`parse_memory_limit`); none by default.
+    warm_up : bool
+        Compute the workload once, unmeasured, before the measured run (see
+        :func:`measure`).
 
     Returns
     -------
@@ -1040,7 +1083,7 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="autorestrictor-bench-") as tmp:
         out = os.path.join(tmp, "row.json")
         cmd = child_command(workload, mode, workers, scale, out, details=details, link=link,
-                            memory_limit=memory_limit)
+                            memory_limit=memory_limit, warm_up=warm_up)
         what = f"{workload} / {mode} (workers={workers}, scale={scale}" + (
             f", link {link.label()}" if link else "") + (
             f", memory limit {memory_limit} bytes)" if memory_limit else ")")
@@ -1173,6 +1216,7 @@ def run_bench(
     timeout: float | None = 1800,
     link: Link | None = None,
     memory_limit: int | str | None = None,
+    warm_up: bool = False,
 ) -> list[dict]:
     """Run every (workload, mode, repetition), each in a fresh cluster.
 
@@ -1203,6 +1247,9 @@ def run_bench(
         Give every worker of every run this memory limit, in bytes or as a
         size such as ``"300MB"`` (workloads with their own worker count
         too); none by default.
+    warm_up : bool
+        Before each measured run, compute the workload once on the same
+        cluster (see :func:`measure`).
 
     Returns
     -------
@@ -1245,7 +1292,8 @@ def run_bench(
             for mode in modes:
                 bar.step(f"{workload} {mode}" + (f" (repeat {r + 1})" if repeat > 1 else ""))
                 these.append(run_one(workload, mode, workers, scale, repeat=r, timeout=timeout,
-                                     link=link, memory_limit=memory_limit))
+                                     link=link, memory_limit=memory_limit,
+                                     warm_up=warm_up))
         check_checksums(these)
         rows.extend(these)
         if json_path is not None:
@@ -1506,6 +1554,7 @@ def main(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 link=link,
                 memory_limit=args.memory_limit,
+                warm_up=args.warm_up,
             )
     except (BenchError, LinkError, ValueError) as exc:  # includes ChecksumMismatch
         print(f"error: {exc}", file=sys.stderr)
@@ -1532,6 +1581,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory limit of every worker, e.g. 300MB, with Dask's own "
                              "target/spill/pause/terminate fractions (default: none); rows "
                              "report bytes spilled to disk and pauses")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="compute each workload once, unmeasured, on the same cluster "
+                             "before the measured run: the plugin then plans with the output "
+                             "sizes it learned, and the table shows its prediction of the "
+                             "bytes moved (clusters that change during the run are not "
+                             "warmed up)")
     add_link_arguments(parser)
 
 
