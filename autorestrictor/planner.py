@@ -67,6 +67,17 @@ _SMALL_ITEM = 0.05
 #: the seams fall only between workers' runs.
 _FINE = _SMALL_ITEM
 
+#: Deepest graph whose order is walked (see ``_run_order``).
+_WALK_DEPTH = 64
+
+#: A group is walked as a tree (``_run_order``, ``_settle_seams``) when no
+#: task in it has more readers in the group than this: a reduction's
+#: partials have one, a halo's neighbours two or three, a chunk read by a
+#: climatology and its anomaly a few; a block of a product of 8 x 8 blocks
+#: has 16, spread over the whole output, and the priority orders those
+#: better. Not tuned beyond the bench.
+_TREE_READERS = 8
+
 #: A result read by more than this many tasks per worker reaches every
 #: worker whatever the plan (a global mean, a coordinate array), so its pull
 #: on a consumer shrinks with its fan-out (see ``_pull``). Twice rather than
@@ -83,7 +94,7 @@ _MAJORITY = 0.5
 #: Rounds of ``_follow_majority``: each round looks one level further up.
 #: Two settle a reduction's first two levels and a halo's overlap step; more
 #: rounds changed no plan of the bench.
-_MAJORITY_ROUNDS = 2
+_MAJORITY_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -365,6 +376,8 @@ class Analysis:
     depth: np.ndarray  #: fewest edges to a terminal
     comp: np.ndarray  #: group label (steps 4-5)
     heavy: np.ndarray  #: per edge: its data is heavy enough to glue groups
+    walk: np.ndarray  #: order within a group for cutting and dealing (``_run_order``)
+    tree: np.ndarray  #: per group label: walked as a tree (``_run_order``)
 
     @property
     def n_workers(self) -> int:
@@ -425,11 +438,12 @@ def analyse(
     cost_arr = per_node(g, cost, default=1.0, name="cost")
     cost_arr[broadcast] = 0.0  # a small operand: not work to balance
     comp = find_groups(g, member, heavy)
+    rank = _ranks(g, priority, structural)
+    walk, tree = _run_order(g, np.flatnonzero(pinnable), comp, rank, structural)
     a = Analysis(
         g=g, threads=threads, busy=_busy(busy, addrs), size=size, known=known,
-        cost=cost_arr, located=located,
-        rank=_ranks(g, priority, structural), structural=structural,
-        depth=depth, comp=comp, heavy=heavy,
+        cost=cost_arr, located=located, rank=rank, structural=structural,
+        depth=depth, comp=comp, heavy=heavy, walk=walk, tree=tree,
     )
     return a, pinnable, reason
 
@@ -647,7 +661,8 @@ def assign(
     c = a.comp[nodes]
     first = np.full(a.comp.max() + 1, np.inf)
     np.minimum.at(first, c, a.structural[nodes])
-    order = np.lexsort((a.rank[nodes], c, first[c]))
+    run, tree = a.walk[nodes], a.tree
+    order = np.lexsort((run, c, first[c]))
     nodes, c = nodes[order], c[order]
     total = float(a.cost[nodes].sum())
     share = total / threads.sum()  # fair work per thread
@@ -659,7 +674,7 @@ def assign(
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
         sub = _split(a, nodes, c, split, piece_size, spread)
-        order = np.lexsort((a.rank[nodes], sub, c, first[c]))
+        order = np.lexsort((run[order], sub, c, first[c]))
         nodes, c, sub = nodes[order], c[order], sub[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
     piece = np.cumsum(boundary) - 1
@@ -680,6 +695,7 @@ def assign(
     piece_of[nodes] = piece
     if not split.any():
         return worker_of, piece_of, nothing, None
+    _settle_seams(a, nodes[split[c] & tree[c]], worker_of, piece_of)
 
     # e. Leave all-to-all groups to Dask, and split groups whose pieces
     # could not be balanced (one root drags most of the group with it).
@@ -687,10 +703,13 @@ def assign(
     # included, balances it, so only the weight beside a piece's heaviest
     # task counts (a kind never seen is priced at Dask's 0.5 s among
     # sub-millisecond learned ones).
-    heaviest = np.zeros(len(piece_load))
-    np.maximum.at(heaviest, piece, a.cost[nodes])
     bound = (1 + opts.balance_tolerance) * whole * threads.max() / threads.mean()
-    big = piece_load - heaviest > bound
+    big = piece_load > bound
+    if big.any():
+        heaviest = np.zeros(len(piece_load))
+        in_big = big[piece]
+        np.maximum.at(heaviest, piece[in_big], a.cost[nodes[in_big]])
+        big &= piece_load - heaviest > bound
     lopsided = np.zeros(len(split), dtype=bool)
     lopsided[c[boundary][big]] = True
     lopsided &= split
@@ -704,6 +723,108 @@ def assign(
         return worker_of, piece_of, nothing, None
     drop = bad[a.comp] & (worker_of >= 0)
     return worker_of, piece_of, drop, _left_to_dask(cut, lopsided, frac, int(drop.sum()), opts)
+
+
+def _run_order(g: Graph, nodes: np.ndarray, comp: np.ndarray, rank: np.ndarray,
+               structural: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 6a: each node's place within its group, for cutting and dealing.
+
+    A depth-first walk down each group from its last tasks: every task hangs
+    under the reader that runs first (dask.order's priority), and a task's
+    inputs are visited in the graph's own order. A reduction's subtrees then
+    come out contiguous and in chunk order, a chunk next to the slice of a
+    shared operand its product reads, and the end of one group meets the
+    start of the next at neighbouring chunks, so that a worker's run is one
+    stretch of the input. (dask.order's own priority starts a subtree
+    part-way through and walks chunks from the last: cut into runs, its
+    seams fall on every level of the tree.) Groups in which a task has more
+    than ``_TREE_READERS`` readers, and graphs deeper than ``_WALK_DEPTH``
+    (long chains, where nothing is cut), keep the priority.
+
+    ``nodes`` are the nodes that may be pinned, ``comp`` their group labels.
+    Returns the order key of every node (the priority outside ``nodes``)
+    and, per group label, whether the group was walked as a tree. Computed
+    once per graph (``analyse``): dropping whole groups, as ``assign_all``
+    does, changes no other group's order.
+
+    Complexity: O(edges log edges) for the sorts, plus array work once per
+    level of the walk.
+    """
+    n_groups = int(comp.max()) + 1 if len(comp) else 1
+    out = rank.astype(np.float64)
+    tree = np.zeros(n_groups, dtype=bool)
+    if len(nodes) == 0:
+        return out, tree
+    c = comp[nodes]
+    rank = rank[nodes]
+    local = np.full(g.n, -1, dtype=np.int64)
+    local[nodes] = np.arange(len(nodes))
+    e = (local[g.src] >= 0) & (local[g.dst] >= 0)
+    src, dst = local[g.src[e]], local[g.dst[e]]
+    same = c[src] == c[dst]
+    src, dst = src[same], dst[same]
+    n = len(nodes)
+    # Only groups shaped like trees (no task read by more than
+    # _TREE_READERS tasks of its group) are walked; elsewhere (a product of
+    # blocks each read by many) the priority orders better.
+    shared = np.bincount(src, minlength=n) > _TREE_READERS
+    tree[np.unique(c)] = True
+    tree[c[shared]] = False
+    # Each task's reader that runs first: its parent in the walk.
+    parent = np.full(n, -1, dtype=np.int64)
+    if len(src):
+        o = np.lexsort((rank[dst], src))
+        firsts = o[np.r_[True, src[o][1:] != src[o][:-1]]]
+        parent[src[firsts]] = dst[firsts]
+    # Levels from the top (tasks no task of their group reads).
+    frontier = np.flatnonzero(parent < 0)
+    children_of = np.argsort(parent, kind="stable")
+    counts = np.bincount(parent[parent >= 0], minlength=n)
+    first_child = np.r_[0, np.cumsum(counts)][:-1] + int((parent < 0).sum())
+    levels = [frontier]
+    while True:
+        if len(levels) > _WALK_DEPTH:
+            return out, np.zeros(n_groups, dtype=bool)
+        kids = _children(frontier, children_of, first_child, counts)
+        if len(kids) == 0:
+            break
+        levels.append(kids)
+        frontier = kids
+    # Subtree sizes, bottom up.
+    size = np.ones(n)
+    for kids in reversed(levels[1:]):
+        size += np.bincount(parent[kids], weights=size[kids], minlength=n)
+    # Preorder, top down: each group's tops in the graph's order, then each
+    # task's children in the graph's order.
+    structural = structural[nodes]
+    pre = np.zeros(n)
+    tops = levels[0]
+    tops = tops[np.lexsort((structural[tops], c[tops]))]
+    starts = np.r_[True, c[tops][1:] != c[tops][:-1]]
+    csum = np.cumsum(size[tops])
+    group_start = np.maximum.accumulate(np.where(starts, csum - size[tops], 0.0))
+    pre[tops] = csum - size[tops] - group_start
+    for kids in levels[1:]:
+        kids = kids[np.lexsort((structural[kids], parent[kids]))]
+        par = parent[kids]
+        first = np.r_[True, par[1:] != par[:-1]]
+        csum = np.cumsum(size[kids])
+        before = np.maximum.accumulate(np.where(first, csum - size[kids], 0.0))
+        pre[kids] = pre[par] + 1 + (csum - size[kids] - before)
+    out[nodes] = np.where(tree[c], pre, rank)
+    return out, tree
+
+
+def _children(frontier: np.ndarray, children_of: np.ndarray, first_child: np.ndarray,
+              counts: np.ndarray) -> np.ndarray:
+    """The children of every node in ``frontier``, in one array."""
+    n_kids = counts[frontier]
+    total = int(n_kids.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    base = np.repeat(first_child[frontier], n_kids)
+    offset = np.arange(total) - np.repeat(np.cumsum(n_kids) - n_kids, n_kids)
+    return children_of[base + offset]
 
 
 def _groups_to_split(
@@ -771,6 +892,61 @@ def _split(
     sub = np.zeros(len(nodes), dtype=np.int64)
     sub[in_split] = bucket[split_nodes]
     return sub
+
+
+def _settle_seams(a: Analysis, nodes: np.ndarray, worker_of: np.ndarray,
+                  piece_of: np.ndarray) -> None:
+    """Step 6d, at the seams: a task of a split group whose inputs are mostly
+    (more than ``_MAJORITY``, by pull) on one other worker moves there, into
+    the piece of its heaviest input on that worker.
+
+    ``_follow_majority`` settles seams between pieces before they are dealt;
+    between small pieces no piece holds a majority of a reduction's upper
+    levels, though one worker does. Repeated while tasks move, one level
+    further up each time (at most ``_WALK_DEPTH`` rounds). Updates
+    ``worker_of`` and ``piece_of`` in place.
+
+    Complexity: O(edges log edges) per round (one sort).
+    """
+    g = a.g
+    movable = np.zeros(g.n, dtype=bool)
+    movable[nodes] = True
+    where = np.where(worker_of >= 0, worker_of, a.located)
+    e = a.heavy & movable[g.dst] & (where[g.src] >= 0) & (a.comp[g.src] == a.comp[g.dst])
+    src, dst = g.src[e], g.dst[e]
+    if len(src) == 0:
+        return
+    pull = _pull(g, src, a.size, a.n_workers)
+    n_w = a.n_workers
+    for _ in range(_WALK_DEPTH):
+        wk = where[src]
+        uniq, inv = np.unique(dst * n_w + wk, return_inverse=True)
+        sums = np.bincount(inv, weights=pull)
+        owner, cand = uniq // n_w, uniq % n_w
+        total = np.bincount(owner, weights=sums, minlength=g.n)
+        best = np.lexsort((-sums, owner))
+        best = best[np.r_[True, owner[best][1:] != owner[best][:-1]]]
+        best = best[(sums[best] > _MAJORITY * total[owner[best]])
+                    & (cand[best] != worker_of[owner[best]])]
+        if len(best) == 0:
+            return
+        moving, to = owner[best], cand[best]
+        # the piece of the heaviest input each moving task has on its new worker
+        target = np.full(g.n, -1, dtype=np.int64)
+        target[moving] = to
+        mine = (target[dst] >= 0) & (where[src] == target[dst]) & (worker_of[src] >= 0)
+        o = np.lexsort((-pull[mine], dst[mine]))
+        d, s_ = dst[mine][o], src[mine][o]
+        head = np.r_[True, d[1:] != d[:-1]]
+        piece_from = np.full(g.n, -1, dtype=np.int64)
+        piece_from[d[head]] = piece_of[s_[head]]
+        ok = piece_from[moving] >= 0  # (an input only in memory there names no piece)
+        moving, to = moving[ok], to[ok]
+        if len(moving) == 0:
+            return
+        worker_of[moving] = to
+        piece_of[moving] = piece_from[moving]
+        where[moving] = to
 
 
 def _follow_placed(

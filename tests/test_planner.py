@@ -715,6 +715,48 @@ def _tall_skinny_qr(n: int = 24) -> dict:
     return deps
 
 
+def _column_sum(n: int = 200, split_every: int = 4):
+    """A sum over ``n`` column chunks as dask builds it: a tree of partial
+    sums, ``split_every`` inputs each. Returns ``(dependencies, the tree's
+    leaves in column order)``."""
+    deps = {("col", i): [] for i in range(n)}
+    level, below = 0, [("col", i) for i in range(n)]
+    while len(below) > 1:
+        level += 1
+        above = [(f"partial-{level}", j) for j in range(-(-len(below) // split_every))]
+        for j, k in enumerate(above):
+            deps[k] = below[j * split_every:(j + 1) * split_every]
+        below = above
+    return deps, [("col", i) for i in range(n)]
+
+
+def test_a_balanced_column_sum_gives_each_worker_one_stretch_of_columns():
+    """The README's example as dask.order walks it: one subtree entered
+    part-way through, columns from the last. Balanced to a few percent,
+    each worker still holds one stretch of neighbouring columns, and the
+    partial sums at each seam sit where most of their inputs are: about
+    three results cross per seam, one per level of the tree cut."""
+    deps, cols = _column_sum()
+    walk = [*range(159, 127, -1), *range(191, 159, -1), *range(127, -1, -1),
+            *range(199, 191, -1)]
+    priority = {("col", i): float(p) for p, i in enumerate(walk)}
+    for k, ins in deps.items():  # a partial runs right after its last input
+        if ins:
+            priority[k] = max(priority[d] for d in ins) + 0.5
+    p = plan(deps, W4, priority=priority, cost={k: 0.5 for k in deps}, bandwidth=1e8,
+             min_tasks=1)
+    check_plan(p, deps, W4)
+    at = p.assignment
+    where = [at[k] for k in cols]
+    stretches = [w for i, w in enumerate(where) if i == 0 or w != where[i - 1]]
+    assert len(stretches) == len(set(stretches)) == 4, stretches
+    load = Counter(at.values())
+    assert max(load.values()) <= 1.05 * len(at) / 4, load
+    crossing = {(d, at[k]) for k, ins in deps.items() if k in at
+                for d in ins if d in at and at[d] != at[k]}
+    assert len(crossing) <= 10, sorted(crossing, key=str)
+
+
 def test_a_block_of_q_stays_with_the_product_that_reads_it():
     """Sizes unknown, every input counts the same: the product follows its
     block's own factor, not its slice of the factor every block shares."""
