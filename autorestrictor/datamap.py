@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from autorestrictor.graph import build_graph
-from autorestrictor.planner import Plan, node_sizes, per_node, predicted_transfer
+from autorestrictor.planner import (
+    Plan,
+    finish_per_worker,
+    node_sizes,
+    node_sizes_known,
+    per_node,
+    predicted_transfer,
+)
 
 Key = Hashable
 
@@ -215,21 +222,75 @@ def default_transfer(
     10.0
     """
     g = build_graph(dependencies)
+    size = node_sizes(g, nbytes)
+    where = _default_placement(g, workers, size, priority)
+    return predicted_transfer(g, where, np.full(g.n, -1, dtype=np.int64), size)
+
+
+def default_finish(
+    dependencies: Mapping[Key, Iterable[Key]],
+    workers: Mapping[str, int],
+    *,
+    bandwidth: float,
+    nbytes: Mapping[Key, float] | None = None,
+    priority: Mapping[Key, float] | None = None,
+    cost: Mapping[Key, float] | None = None,
+) -> np.ndarray:
+    """Predicted seconds until each worker (in the order of ``workers``)
+    finishes, with Dask's default placement as :func:`default_transfer`
+    estimates it, by the plan's own model of time
+    (:func:`autorestrictor.planner.predicted_finish`): compute over threads,
+    plus the seconds to receive what a worker reads from the others.
+
+    Two chains read by one sum, a second per task and per result sent: one
+    worker runs a chain and the sum, after receiving the other chain's
+    result.
+
+    >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
+    >>> default_finish(deps, {"w1": 1, "w2": 1}, bandwidth=10.0,
+    ...                nbytes=dict.fromkeys(deps, 10), cost=dict.fromkeys(deps, 1.0))
+    array([4., 2.])
+    """
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be a positive number of bytes per second, "
+                         f"got {bandwidth!r}")
+    g = build_graph(dependencies)
+    size, known = node_sizes_known(g, nbytes)
+    # Ties spread: with every tie to one worker (as for the bytes), that
+    # worker would run every partial sum that reads one chunk from each
+    # worker, where Dask's earliest-start rule spreads them.
+    where = _default_placement(g, workers, size, priority, spread=True)
+    threads = np.array([max(1, int(t)) for t in workers.values()], dtype=np.float64)
+    return finish_per_worker(
+        g, where, located=np.full(g.n, -1, dtype=np.int64), size=size, known=known,
+        cost=per_node(g, cost, default=1.0, name="cost"), busy=np.zeros(len(threads)),
+        threads=threads, bandwidth=bandwidth,
+    )
+
+
+def _default_placement(g, workers: Mapping[str, int], size: np.ndarray,
+                       priority: Mapping[Key, float] | None,
+                       spread: bool = False) -> np.ndarray:
+    """The worker index of every task under Dask's default, as
+    :func:`default_transfer` models it (``spread``: see
+    :func:`_place_by_inputs`)."""
     if not isinstance(workers, Mapping) or not workers:
         raise TypeError("workers must be a non-empty mapping of address -> thread count")
     slots = np.repeat(np.arange(len(workers)), [max(1, int(t)) for t in workers.values()])
-    size = node_sizes(g, nbytes)
     rank = per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
     where = np.full(g.n, -1, dtype=np.int64)
     roots = np.flatnonzero(g.indegree[: g.n_tasks] == 0)
     roots = roots[np.argsort(rank[roots], kind="stable")]
     where[roots] = slots[np.arange(len(roots)) % len(slots)]
-    _place_by_inputs(g, where, size, len(workers))
-    return predicted_transfer(g, where, np.full(g.n, -1, dtype=np.int64), size)
+    _place_by_inputs(g, where, size, len(workers), spread)
+    return where
 
 
-def _place_by_inputs(g, where: np.ndarray, size: np.ndarray, n_workers: int) -> None:
-    """Place every unplaced task, level by level, where most of its input bytes are."""
+def _place_by_inputs(g, where: np.ndarray, size: np.ndarray, n_workers: int,
+                     spread: bool = False) -> None:
+    """Place every unplaced task, level by level, where most of its input
+    bytes are; ties go to the first tied worker, or with ``spread`` to one
+    chosen by task number."""
     by_src = np.argsort(g.src, kind="stable")
     out_starts = np.searchsorted(g.src[by_src], np.arange(g.n + 1))
     in_starts = np.searchsorted(g.dst, np.arange(g.n + 1))  # dst is sorted
@@ -248,7 +309,12 @@ def _place_by_inputs(g, where: np.ndarray, size: np.ndarray, n_workers: int) -> 
             total = np.bincount(inv, weights=size[g.src[e]])
             node, worker = uniq // n_workers, uniq % n_workers
             o = np.lexsort((-total, node))
-            first = o[np.r_[True, node[o][1:] != node[o][:-1]]]
+            starts = np.flatnonzero(np.r_[True, node[o][1:] != node[o][:-1]])
+            tied = 1
+            if spread:
+                top = np.repeat(total[o][starts], np.diff(np.r_[starts, len(o)]))
+                tied = np.add.reduceat((total[o] == top).astype(np.int64), starts)
+            first = o[starts + node[o][starts] % tied]
             where[node[first]] = worker[first]
         frontier = ready
 

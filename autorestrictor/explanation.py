@@ -31,6 +31,7 @@ from autorestrictor.config import Options
 from autorestrictor.datamap import (
     DataMap,
     data_map,
+    default_finish,
     default_transfer,
     legend_html,
     worker_colour,
@@ -61,6 +62,11 @@ class Explanation:
         When all are assumed, bytes count task outputs, each as one.
     source:
         Where the workers and the learned state came from.
+    default_finish:
+        Predicted seconds until each worker (in the order of
+        ``plan.workers``) finishes under that estimate of Dask's default,
+        by the model of time that gives ``plan.finish``
+        (:func:`autorestrictor.datamap.default_finish`).
     """
 
     plan: Plan
@@ -69,6 +75,7 @@ class Explanation:
     sizes: dict
     source: str
     notes: tuple[str, ...] = ()
+    default_finish: tuple[float, ...] | None = None
 
     @property
     def assignment(self) -> dict:
@@ -109,6 +116,9 @@ class Explanation:
             f"Predicted transfer: {self._amount(self.predicted_bytes)} with the plan, "
             f"about {self._amount(self.default_bytes)} with Dask's default (estimate)."
         )
+        finish = self.finish_line()
+        if finish:
+            lines.append(finish)
         lines.extend(f"Note: {n}" for n in (*self.plan.notes, *self.notes))
         m = self.map
         if m.kind == "chunks" and m.grid.size <= 400:
@@ -121,6 +131,18 @@ class Explanation:
             if m.load and m.load[i]:
                 lines.append(f"  {'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[i % 26]} {w}: {m.load[i]} task(s)")
         return "\n".join(lines)
+
+    def finish_line(self) -> str | None:
+        """Predicted seconds per worker, the plan's and Dask's default's
+        (estimate); ``None`` when the plan pins nothing."""
+        if self.plan.finish is None or self.default_finish is None:
+            return None
+
+        def fmt(xs) -> str:
+            return ", ".join(f"{x:,.3g}" for x in xs)
+
+        return (f"Predicted seconds per worker: {fmt(self.plan.finish)} with the plan, "
+                f"{fmt(self.default_finish)} with Dask's default (estimate).")
 
     def _repr_html_(self) -> str:
         return to_html(self)
@@ -203,12 +225,18 @@ def explain(
     inputs = _inputs(dsk, keys, prefixes, annotations, view)
     p = plan(inputs["dependencies"], view["workers"], **inputs["plan"], **opts)
     p = dataclasses.replace(p, sizes=inputs["sizes"])
+    given = inputs["plan"]
     default = default_transfer(
         inputs["dependencies"], view["workers"],
-        nbytes=inputs["plan"]["nbytes"], priority=inputs["plan"]["priority"],
+        nbytes=given["nbytes"], priority=given["priority"],
+    )
+    finish = default_finish(
+        inputs["dependencies"], view["workers"], bandwidth=given["bandwidth"],
+        nbytes=given["nbytes"], priority=given["priority"], cost=given["cost"],
     )
     return Explanation(plan=p, map=data_map(p), default_bytes=default,
-                       sizes=inputs["sizes"], source=source, notes=notes)
+                       sizes=inputs["sizes"], source=source, notes=notes,
+                       default_finish=tuple(finish.tolist()))
 
 
 def _graph(obj: Any) -> tuple[dict, dict]:
@@ -348,6 +376,9 @@ def to_html(e: Explanation) -> str:
                   "coloured by worker:</p>", _svg_runs(m)]
     parts.append(legend_html(m))
     parts.append(_svg_bytes(e))
+    finish = e.finish_line()
+    if finish:
+        parts.append(f"<p style='margin: 4px 0'>{html.escape(finish)}</p>")
     notes = [*p.notes, *e.notes]
     if not e.sizes_known:
         notes.append("no output size is known yet (nothing of these kinds ran on this "

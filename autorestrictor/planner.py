@@ -1286,19 +1286,34 @@ def predicted_finish(a: Analysis, worker_of: np.ndarray, bandwidth: float) -> np
     not win on sizes nobody measured). Tasks left to Dask count on no
     worker. O(edges log edges).
     """
-    g, n_w = a.g, a.n_workers
+    return finish_per_worker(a.g, worker_of, located=a.located, size=a.size, known=a.known,
+                             cost=a.cost, busy=a.busy, threads=a.threads, bandwidth=bandwidth)
+
+
+def finish_per_worker(
+    g: Graph, worker_of: np.ndarray, *, located: np.ndarray, size: np.ndarray,
+    known: np.ndarray, cost: np.ndarray, busy: np.ndarray, threads: np.ndarray,
+    bandwidth: float,
+) -> np.ndarray:
+    """:func:`predicted_finish` of any placement: ``worker_of`` per node (-1:
+    on no worker), ``located`` per node (where a result already is, or -1),
+    the rest as in :class:`Analysis`. Used for the plan and for an estimate
+    of Dask's default placement of the same graph
+    (:func:`autorestrictor.datamap.default_finish`).
+    """
+    n_w = len(threads)
     pinned = worker_of >= 0
-    compute = np.bincount(worker_of[pinned], weights=a.cost[pinned], minlength=n_w)
-    where = np.where(pinned, worker_of, a.located)
+    compute = np.bincount(worker_of[pinned], weights=cost[pinned], minlength=n_w)
+    where = np.where(pinned, worker_of, located)
     src_w, dst_w = where[g.src], worker_of[g.dst]
     cross = (src_w >= 0) & (dst_w >= 0) & (src_w != dst_w)
     pairs = np.unique(g.src[cross] * n_w + dst_w[cross])
     src = pairs // n_w
-    seconds = a.size[src] / bandwidth
-    guessed = ~a.known[src]
-    seconds[guessed] = np.maximum(seconds[guessed], a.cost[src[guessed]])
+    seconds = size[src] / bandwidth
+    guessed = ~known[src]
+    seconds[guessed] = np.maximum(seconds[guessed], cost[src[guessed]])
     received = np.bincount(pairs % n_w, weights=seconds, minlength=n_w)
-    return (a.busy + compute) / a.threads + received
+    return (busy + compute) / threads + received
 
 
 def predicted_transfer(
@@ -1503,6 +1518,13 @@ def per_node(
 def node_sizes(g: Graph, nbytes: Mapping[Key, float] | None) -> np.ndarray:
     """Output bytes per node: given, else the typical given size, else 1."""
     return _sizes_and_known(g, nbytes)[0]
+
+
+def node_sizes_known(g: Graph, nbytes: Mapping[Key, float] | None) -> tuple[
+    np.ndarray, np.ndarray
+]:
+    """:func:`node_sizes`, and the mask of the nodes whose size was given."""
+    return _sizes_and_known(g, nbytes)
 
 
 def _sizes_and_known(g: Graph, nbytes: Mapping[Key, float] | None) -> tuple[

@@ -847,9 +847,9 @@ def measure(
         First compute the workload once, unmeasured, on the same cluster
         and let its results go: the measured run is then the second graph
         of its kind, planned with the output sizes the plugin learned from
-        the first. Workloads whose cluster changes during the run
-        (``during``, ``adapt``) are never warmed up (``warm_up`` is False
-        in their rows).
+        the first. Workloads on an adaptive cluster (``adapt``) are never
+        warmed up (``warm_up`` is False in their rows): the warm-up would
+        leave the cluster grown.
 
     Returns
     -------
@@ -876,7 +876,7 @@ def measure(
         names = {addr: f"w{info[addr]['name']}" for addr in info}
         pids = {names[addr]: pid for addr, pid in client.run(os.getpid).items()}
         cpu_only = [os.getpid(), client.run_on_scheduler(os.getpid)]
-        warm_up = warm_up and spec.during is None and spec.adapt is None
+        warm_up = warm_up and spec.adapt is None
         seen = _warm_up(spec, client, scale, mode) if warm_up else (0, 0)
         before, paused_before = client.run(_worker_counters), client.run_on_scheduler(_pause_counts)
 
@@ -1585,8 +1585,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute each workload once, unmeasured, on the same cluster "
                              "before the measured run: the plugin then plans with the output "
                              "sizes it learned, and the table shows its prediction of the "
-                             "bytes moved (clusters that change during the run are not "
-                             "warmed up)")
+                             "bytes moved (adaptive clusters are not warmed up)")
     add_link_arguments(parser)
 
 
