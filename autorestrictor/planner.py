@@ -94,7 +94,7 @@ _MAJORITY = 0.5
 #: Rounds of ``_follow_majority``: each round looks one level further up.
 #: Two settle a reduction's first two levels and a halo's overlap step; more
 #: rounds changed no plan of the bench.
-_MAJORITY_ROUNDS = 4
+_MAJORITY_ROUNDS = 2
 
 
 @dataclass(frozen=True)
