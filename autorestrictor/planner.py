@@ -670,10 +670,11 @@ def assign(
     piece_size = whole * (_FINE if fine else 1.0)
 
     # b. Split heavy groups with parallelism.
-    split = _groups_to_split(a, nodes, c, len(first), share, opts)
+    split = _groups_to_split(a, nodes, c, len(first), share, opts,
+                             at_least=piece_size if fine else None)
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
-        sub = _split(a, nodes, c, split, piece_size, spread)
+        sub = _split(a, nodes, c, split, piece_size, spread, tree if fine else None)
         order = np.lexsort((run[order], sub, c, first[c]))
         nodes, c, sub = nodes[order], c[order], sub[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
@@ -690,12 +691,21 @@ def assign(
     )
     even = (total + a.busy.sum()) * threads / threads.sum()  # all finish together
     capacity = np.maximum(even - a.busy - placed_load, 0.0)
-    piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance)
+    piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance,
+                               round_within=opts.balance_tolerance if fine else None)
     worker_of[nodes] = piece_worker[piece]
     piece_of[nodes] = piece
     if not split.any():
         return worker_of, piece_of, nothing, None
-    _settle_seams(a, nodes[split[c] & tree[c]], worker_of, piece_of)
+    # Only groups that a seam crosses have tasks to settle (``nodes`` are
+    # sorted by group here, so each group is one slice).
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    w = worker_of[nodes]
+    crossed = np.zeros(len(split), dtype=bool)
+    crossed[c[starts]] = np.minimum.reduceat(w, starts) < np.maximum.reduceat(w, starts)
+    crossed &= split & tree
+    if crossed.any():
+        _settle_seams(a, nodes[crossed[c]], worker_of, piece_of)
 
     # e. Leave all-to-all groups to Dask, and split groups whose pieces
     # could not be balanced (one root drags most of the group with it).
@@ -828,17 +838,23 @@ def _children(frontier: np.ndarray, children_of: np.ndarray, first_child: np.nda
 
 
 def _groups_to_split(
-    a: Analysis, nodes: np.ndarray, c: np.ndarray, n_groups: int, share: float, opts: Options
+    a: Analysis, nodes: np.ndarray, c: np.ndarray, n_groups: int, share: float, opts: Options,
+    at_least: float | None = None,
 ) -> np.ndarray:
     """Step 6b, which groups: mask over group labels.
 
     A group is split when it is heavier than ``1 + balance-tolerance``
     shares of the largest worker, or reads data in memory on several workers
     (each part then runs where its own inputs are), and only when it has two
-    tasks side by side (a chain runs one task after another).
+    tasks side by side (a chain runs one task after another). For the
+    balanced plan (``at_least``: its piece size), every group heavier than a
+    piece may be split: whole groups can be as lopsided as a share, and the
+    runs dealt in order keep whole every group that a seam does not cross.
     """
     comp_load = np.bincount(c, weights=a.cost[nodes], minlength=n_groups)
     split = comp_load > (1 + opts.balance_tolerance) * share * a.threads.max()
+    if at_least is not None:
+        split |= comp_load > at_least
     loc = np.flatnonzero(a.located >= 0)
     if len(loc):
         w = a.n_workers
@@ -854,6 +870,7 @@ def _split(
     split: np.ndarray,
     piece_size: float,
     spread: bool,
+    single: np.ndarray | None = None,
 ) -> np.ndarray:
     """Step 6b, how: the piece number, within its group, of every node in ``nodes``.
 
@@ -865,7 +882,9 @@ def _split(
     neighbours, so halos and tree reductions get few seams, and a chunk's
     later steps stay with the chunk even when a global statistic sits in
     between. Trees rooted in placed data form one piece per worker holding
-    it. Nodes of groups that are not split are in piece 0.
+    it. Nodes of groups that are not split are in piece 0. In the groups
+    marked in ``single`` (by group label) every tree is a piece of its own,
+    so that a seam can fall between any two roots.
     """
     g = a.g
     member = np.zeros(g.n, dtype=bool)
@@ -883,6 +902,10 @@ def _split(
     before = np.repeat(np.cumsum(rl)[starts] - rl[starts], np.diff(np.r_[starts, len(rc)]))
     bucket = np.zeros(g.n, dtype=np.int64)
     bucket[r] = np.floor((np.cumsum(rl) - rl / 2 - before) / piece_size)
+    if single is not None and single.any():
+        one = single[rc]
+        in_group = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(rc)]))
+        bucket[r[one]] = in_group[one]
     bucket[placed] = -1 - a.located[placed]
     split_nodes = nodes[in_split]
     bucket[split_nodes] = bucket[anchor[split_nodes]]
@@ -1004,7 +1027,8 @@ def _left_to_dask(
     )
 
 
-def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarray:
+def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
+          round_within: float | None = None) -> np.ndarray:
     """Deal items (in order) to workers in contiguous runs. Returns a worker per item.
 
     Each worker takes items until it reaches its share of what is left; it
@@ -1013,6 +1037,10 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
     Shares are recomputed at each change of worker, so an early overshoot is
     absorbed by the rest. Small items are dealt in one
     vectorised pass: each goes to the worker whose share its midpoint falls in.
+    Seams then move to round item numbers (``_round_seams``) within half the
+    tolerance of a share, or within ``round_within`` of a share when given
+    (the balanced plan, whose pieces are single trees: item numbers are
+    then chunk numbers, give or take).
 
     Complexity: O(items) (vectorised), or one Python step per item when some
     item is large compared with a share (then items are few).
@@ -1031,7 +1059,8 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
         edges = np.cumsum(capacity)
         mid = np.cumsum(load) - load / 2
         out = np.minimum(np.searchsorted(edges, mid, side="right"), len(capacity) - 1)
-        return _round_seams(out, load, edges, capacity * tolerance / 2)
+        slack = tolerance / 2 if round_within is None else round_within
+        return _round_seams(out, load, edges, capacity * slack)
 
     out = np.empty(n_items, dtype=np.int64)
     last = len(capacity) - 1
@@ -1051,6 +1080,8 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float) -> np.ndarra
             left -= filled
             cur, filled = cur + 1, 0.0
             cap = _share_of_rest(left, capacity, cur)
+    if round_within is not None:
+        return _round_seams(out, load, np.cumsum(capacity), capacity * round_within)
     return out
 
 
