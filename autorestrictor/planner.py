@@ -697,29 +697,14 @@ def assign(
     piece_of[nodes] = piece
     if not split.any():
         return worker_of, piece_of, nothing, None
-    # Only groups that a seam crosses have tasks to settle (``nodes`` are
-    # sorted by group here, so each group is one slice).
-    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
-    w = worker_of[nodes]
-    crossed = np.zeros(len(split), dtype=bool)
-    crossed[c[starts]] = np.minimum.reduceat(w, starts) < np.maximum.reduceat(w, starts)
-    crossed &= split & tree
+    crossed = _crossed(nodes, c, worker_of, split & tree)
     if crossed.any():
         _settle_seams(a, nodes[crossed[c]], worker_of, piece_of)
 
     # e. Leave all-to-all groups to Dask, and split groups whose pieces
     # could not be balanced (one root drags most of the group with it).
-    # A single task heavier than a share is indivisible: no placement, Dask's
-    # included, balances it, so only the weight beside a piece's heaviest
-    # task counts (a kind never seen is priced at Dask's 0.5 s among
-    # sub-millisecond learned ones).
     bound = (1 + opts.balance_tolerance) * whole * threads.max() / threads.mean()
-    big = piece_load > bound
-    if big.any():
-        heaviest = np.zeros(len(piece_load))
-        in_big = big[piece]
-        np.maximum.at(heaviest, piece[in_big], a.cost[nodes[in_big]])
-        big &= piece_load - heaviest > bound
+    big = _too_big(piece_load, piece, a.cost[nodes], bound)
     lopsided = np.zeros(len(split), dtype=bool)
     lopsided[c[boundary][big]] = True
     lopsided &= split
@@ -915,6 +900,36 @@ def _split(
     sub = np.zeros(len(nodes), dtype=np.int64)
     sub[in_split] = bucket[split_nodes]
     return sub
+
+
+def _too_big(piece_load: np.ndarray, piece: np.ndarray, cost: np.ndarray,
+             bound: float) -> np.ndarray:
+    """Mask over pieces heavier than ``bound`` beside their heaviest task.
+
+    A single task heavier than a share is indivisible: no placement, Dask's
+    included, balances it, so only the weight beside a piece's heaviest task
+    counts (a kind never seen is priced at Dask's 0.5 s among
+    sub-millisecond learned ones). ``piece`` and ``cost`` are per node.
+    """
+    big = piece_load > bound
+    if big.any():
+        heaviest = np.zeros(len(piece_load))
+        in_big = big[piece]
+        np.maximum.at(heaviest, piece[in_big], cost[in_big])
+        big &= piece_load - heaviest > bound
+    return big
+
+
+def _crossed(nodes: np.ndarray, c: np.ndarray, worker_of: np.ndarray,
+             among: np.ndarray) -> np.ndarray:
+    """Mask over group labels: the groups of ``among`` whose tasks are on more
+    than one worker (a seam crosses them). ``nodes`` are sorted by group, so
+    each group is one slice."""
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    w = worker_of[nodes]
+    out = np.zeros(len(among), dtype=bool)
+    out[c[starts]] = np.minimum.reduceat(w, starts) < np.maximum.reduceat(w, starts)
+    return out & among
 
 
 def _settle_seams(a: Analysis, nodes: np.ndarray, worker_of: np.ndarray,

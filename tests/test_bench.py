@@ -148,7 +148,7 @@ def test_cli_exits_nonzero_on_mismatch(monkeypatch, capsys, tmp_path):
 
 def test_cli_table_and_json(monkeypatch, capsys, tmp_path):
     def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None,
-                     memory_limit=None):
+                     memory_limit=None, warm_up=False):
         return fake_row(workload, mode, repeat)
 
     monkeypatch.setattr(bench, "run_one", fake_run_one)
@@ -214,7 +214,7 @@ def test_memory_limit_reaches_every_run(monkeypatch, capsys, tmp_path):
     seen = []
 
     def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None,
-                     memory_limit=None):
+                     memory_limit=None, warm_up=False):
         seen.append((workload, memory_limit))
         return fake_row(workload, mode, repeat, memory_limit=memory_limit, spilled_bytes=0,
                         pauses=0)
@@ -384,7 +384,7 @@ def test_run_bench_runs_all_workloads_by_default(monkeypatch):
     seen = []
 
     def fake_run_one(workload, mode, workers, scale, *, repeat=0, timeout=None, link=None,
-                     memory_limit=None):
+                     memory_limit=None, warm_up=False):
         seen.append(workload)
         return fake_row(workload, mode, repeat)
 
