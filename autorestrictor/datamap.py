@@ -227,7 +227,7 @@ def default_transfer(
     return predicted_transfer(g, where, np.full(g.n, -1, dtype=np.int64), size)
 
 
-def default_finish(
+def default_estimate(
     dependencies: Mapping[Key, Iterable[Key]],
     workers: Mapping[str, int],
     *,
@@ -235,37 +235,40 @@ def default_finish(
     nbytes: Mapping[Key, float] | None = None,
     priority: Mapping[Key, float] | None = None,
     cost: Mapping[Key, float] | None = None,
-) -> np.ndarray:
-    """Predicted seconds until each worker (in the order of ``workers``)
-    finishes, with Dask's default placement as :func:`default_transfer`
-    estimates it, by the plan's own model of time
-    (:func:`autorestrictor.planner.predicted_finish`): compute over threads,
-    plus the seconds to receive what a worker reads from the others.
+) -> tuple[float, np.ndarray]:
+    """:func:`default_transfer`, and the predicted seconds until each worker
+    (in the order of ``workers``) finishes under Dask's default, by the
+    plan's own model of time (:func:`autorestrictor.planner.predicted_finish`):
+    compute over threads, plus the seconds to receive what a worker reads
+    from the others. The graph is read once for both.
 
     Two chains read by one sum, a second per task and per result sent: one
     worker runs a chain and the sum, after receiving the other chain's
     result.
 
     >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
-    >>> default_finish(deps, {"w1": 1, "w2": 1}, bandwidth=10.0,
-    ...                nbytes=dict.fromkeys(deps, 10), cost=dict.fromkeys(deps, 1.0))
-    array([4., 2.])
+    >>> default_estimate(deps, {"w1": 1, "w2": 1}, bandwidth=10.0,
+    ...                  nbytes=dict.fromkeys(deps, 10), cost=dict.fromkeys(deps, 1.0))
+    (10.0, array([4., 2.]))
     """
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be a positive number of bytes per second, "
                          f"got {bandwidth!r}")
     g = build_graph(dependencies)
     size, known = node_sizes_known(g, nbytes)
-    # Ties spread: with every tie to one worker (as for the bytes), that
-    # worker would run every partial sum that reads one chunk from each
-    # worker, where Dask's earliest-start rule spreads them.
+    nowhere = np.full(g.n, -1, dtype=np.int64)
+    moved = predicted_transfer(g, _default_placement(g, workers, size, priority), nowhere, size)
+    # Ties spread for the time: with every tie to one worker (as for the
+    # bytes), that worker would run every partial sum that reads one chunk
+    # from each worker, where Dask's earliest-start rule spreads them.
     where = _default_placement(g, workers, size, priority, spread=True)
     threads = np.array([max(1, int(t)) for t in workers.values()], dtype=np.float64)
-    return finish_per_worker(
-        g, where, located=np.full(g.n, -1, dtype=np.int64), size=size, known=known,
+    finish = finish_per_worker(
+        g, where, located=nowhere, size=size, known=known,
         cost=per_node(g, cost, default=1.0, name="cost"), busy=np.zeros(len(threads)),
         threads=threads, bandwidth=bandwidth,
     )
+    return moved, finish
 
 
 def _default_placement(g, workers: Mapping[str, int], size: np.ndarray,

@@ -31,8 +31,7 @@ from autorestrictor.config import Options
 from autorestrictor.datamap import (
     DataMap,
     data_map,
-    default_finish,
-    default_transfer,
+    default_estimate,
     legend_html,
     worker_colour,
 )
@@ -56,7 +55,7 @@ class Explanation:
         Where the plan puts the data (:func:`autorestrictor.datamap.data_map`).
     default_bytes:
         Bytes an estimate of Dask's default placement moves between workers
-        (:func:`autorestrictor.datamap.default_transfer`).
+        (:func:`autorestrictor.datamap.default_estimate`).
     sizes:
         How many output sizes were ``measured``, ``learned`` or ``assumed``.
         When all are assumed, bytes count task outputs, each as one.
@@ -66,7 +65,7 @@ class Explanation:
         Predicted seconds until each worker (in the order of
         ``plan.workers``) finishes under that estimate of Dask's default,
         by the model of time that gives ``plan.finish``
-        (:func:`autorestrictor.datamap.default_finish`).
+        (:func:`autorestrictor.datamap.default_estimate`).
     """
 
     plan: Plan
@@ -226,11 +225,7 @@ def explain(
     p = plan(inputs["dependencies"], view["workers"], **inputs["plan"], **opts)
     p = dataclasses.replace(p, sizes=inputs["sizes"])
     given = inputs["plan"]
-    default = default_transfer(
-        inputs["dependencies"], view["workers"],
-        nbytes=given["nbytes"], priority=given["priority"],
-    )
-    finish = default_finish(
+    default, finish = default_estimate(
         inputs["dependencies"], view["workers"], bandwidth=given["bandwidth"],
         nbytes=given["nbytes"], priority=given["priority"], cost=given["cost"],
     )

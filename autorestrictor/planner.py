@@ -376,12 +376,19 @@ class Analysis:
     depth: np.ndarray  #: fewest edges to a terminal
     comp: np.ndarray  #: group label (steps 4-5)
     heavy: np.ndarray  #: per edge: its data is heavy enough to glue groups
-    walk: np.ndarray  #: order within a group for cutting and dealing (``_run_order``)
-    tree: np.ndarray  #: per group label: walked as a tree (``_run_order``)
+    pinnable: np.ndarray  #: nodes the planner may pin (step 3)
 
     @property
     def n_workers(self) -> int:
         return len(self.threads)
+
+    @cached_property
+    def walk(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(order key per node, per group label: walked as a tree)``, see
+        ``_run_order``; made the first time a group is split, at most once
+        per graph (a plan that splits nothing never pays for it)."""
+        return _run_order(self.g, np.flatnonzero(self.pinnable), self.comp, self.rank,
+                          self.structural)
 
 
 def analyse(
@@ -404,7 +411,7 @@ def analyse(
     reason to step back (``None`` when there is parallelism to spread).
     Complexity: O(tasks + edges) plus two sorts in C.
     """
-    size, known = _sizes_and_known(g, nbytes)
+    size, known = node_sizes_known(g, nbytes)
     located = _located(g, who_has, addrs)
     pinnable = np.zeros(g.n, dtype=bool)
     pinnable[: g.n_tasks] = True
@@ -438,12 +445,10 @@ def analyse(
     cost_arr = per_node(g, cost, default=1.0, name="cost")
     cost_arr[broadcast] = 0.0  # a small operand: not work to balance
     comp = find_groups(g, member, heavy)
-    rank = _ranks(g, priority, structural)
-    walk, tree = _run_order(g, np.flatnonzero(pinnable), comp, rank, structural)
     a = Analysis(
         g=g, threads=threads, busy=_busy(busy, addrs), size=size, known=known,
-        cost=cost_arr, located=located, rank=rank, structural=structural,
-        depth=depth, comp=comp, heavy=heavy, walk=walk, tree=tree,
+        cost=cost_arr, located=located, rank=_ranks(g, priority, structural),
+        structural=structural, depth=depth, comp=comp, heavy=heavy, pinnable=pinnable,
     )
     return a, pinnable, reason
 
@@ -661,8 +666,7 @@ def assign(
     c = a.comp[nodes]
     first = np.full(a.comp.max() + 1, np.inf)
     np.minimum.at(first, c, a.structural[nodes])
-    run, tree = a.walk[nodes], a.tree
-    order = np.lexsort((run, c, first[c]))
+    order = np.lexsort((a.rank[nodes], c, first[c]))
     nodes, c = nodes[order], c[order]
     total = float(a.cost[nodes].sum())
     share = total / threads.sum()  # fair work per thread
@@ -674,8 +678,11 @@ def assign(
                              at_least=piece_size if fine else None)
     sub = np.zeros(len(nodes), dtype=np.int64)
     if split.any():
+        walk, tree = a.walk
+        order = np.lexsort((walk[nodes], c, first[c]))
+        nodes, c = nodes[order], c[order]
         sub = _split(a, nodes, c, split, piece_size, spread, tree if fine else None)
-        order = np.lexsort((run[order], sub, c, first[c]))
+        order = np.lexsort((walk[nodes], sub, c, first[c]))
         nodes, c, sub = nodes[order], c[order], sub[order]
     boundary = np.r_[True, (c[1:] != c[:-1]) | (sub[1:] != sub[:-1])]
     piece = np.cumsum(boundary) - 1
@@ -697,7 +704,7 @@ def assign(
     piece_of[nodes] = piece
     if not split.any():
         return worker_of, piece_of, nothing, None
-    crossed = _crossed(nodes, c, worker_of, split & tree)
+    crossed = _crossed(nodes, c, worker_of, split & a.walk[1])
     if crossed.any():
         _settle_seams(a, nodes[crossed[c]], worker_of, piece_of)
 
@@ -738,9 +745,9 @@ def _run_order(g: Graph, nodes: np.ndarray, comp: np.ndarray, rank: np.ndarray,
 
     ``nodes`` are the nodes that may be pinned, ``comp`` their group labels.
     Returns the order key of every node (the priority outside ``nodes``)
-    and, per group label, whether the group was walked as a tree. Computed
-    once per graph (``analyse``): dropping whole groups, as ``assign_all``
-    does, changes no other group's order.
+    and, per group label, whether the group was walked as a tree. Made at
+    most once per graph (``Analysis.walk``): dropping whole groups, as
+    ``assign_all`` does, changes no other group's order.
 
     Complexity: O(edges log edges) for the sorts, plus array work once per
     level of the walk.
@@ -1345,7 +1352,7 @@ def finish_per_worker(
     on no worker), ``located`` per node (where a result already is, or -1),
     the rest as in :class:`Analysis`. Used for the plan and for an estimate
     of Dask's default placement of the same graph
-    (:func:`autorestrictor.datamap.default_finish`).
+    (:func:`autorestrictor.datamap.default_estimate`).
     """
     n_w = len(threads)
     pinned = worker_of >= 0
@@ -1563,17 +1570,10 @@ def per_node(
 
 def node_sizes(g: Graph, nbytes: Mapping[Key, float] | None) -> np.ndarray:
     """Output bytes per node: given, else the typical given size, else 1."""
-    return _sizes_and_known(g, nbytes)[0]
+    return node_sizes_known(g, nbytes)[0]
 
 
 def node_sizes_known(g: Graph, nbytes: Mapping[Key, float] | None) -> tuple[
-    np.ndarray, np.ndarray
-]:
-    """:func:`node_sizes`, and the mask of the nodes whose size was given."""
-    return _sizes_and_known(g, nbytes)
-
-
-def _sizes_and_known(g: Graph, nbytes: Mapping[Key, float] | None) -> tuple[
     np.ndarray, np.ndarray
 ]:
     """:func:`node_sizes`, and the mask of the nodes whose size was given."""

@@ -13,7 +13,7 @@ from helpers import slow_block
 import autorestrictor
 from autorestrictor import AutoRestrictor
 from autorestrictor.compat import EXPLAIN_MISSING
-from autorestrictor.datamap import data_map, default_finish, default_transfer, worker_colour
+from autorestrictor.datamap import data_map, default_estimate, default_transfer, worker_colour
 from autorestrictor.planner import plan
 
 #: The tests that call explain(), which an old dask cannot support.
@@ -202,15 +202,16 @@ def test_default_transfer_counts_what_the_queue_scatters():
         default_transfer(deps, {})
 
 
-def test_default_finish_spreads_tied_sums_over_the_workers():
+def test_default_estimate_spreads_tied_sums_over_the_workers():
     # The same graph, timed: each sum reads one root from each worker. Were
     # ties all given to the first worker it would run every sum; spread, the
     # two workers run two each and each receives two inputs.
     deps = {("r", i): [] for i in range(8)}
     deps.update({("s", i): [("r", 2 * i), ("r", 2 * i + 1)] for i in range(4)})
     priority = {k: n for n, k in enumerate(deps)}
-    finish = default_finish(deps, {"a": 1, "b": 1}, bandwidth=5.0, priority=priority,
-                            nbytes=dict.fromkeys(deps, 5), cost=dict.fromkeys(deps, 1.0))
+    moved, finish = default_estimate(deps, {"a": 1, "b": 1}, bandwidth=5.0, priority=priority,
+                                     nbytes=dict.fromkeys(deps, 5), cost=dict.fromkeys(deps, 1.0))
+    assert moved == 20.0  # the bytes, as default_transfer counts them
     assert finish.tolist() == [4 + 2 + 2, 4 + 2 + 2]
     with pytest.raises(ValueError, match="bandwidth must be a positive number"):
-        default_finish(deps, {"a": 1}, bandwidth=0)
+        default_estimate(deps, {"a": 1}, bandwidth=0)
