@@ -82,14 +82,14 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     order: list = []
     tss: list = []
     deps_of: list = []
-    kinds: list = []
-    cost: list = []
+    kind_of: list = []  # per task: its group's index in ``kinds``
     priority: list = []
     nbytes: dict = {}  # measured
     who_has: dict = {}
     skip: list = []
     p2p: list = []  # P2P barriers: P2P places their outputs at run time
-    per_prefix: dict = {}  # prefix -> (name, expected seconds), read once
+    by_group: dict = {}  # task group -> index in ``kinds`` (read once per group)
+    kinds: list = []  # (prefix name, expected seconds) per task group
     barrier = P2PBarrierTask
     nan = float("nan")
     for key in graph_order(keys):
@@ -100,14 +100,12 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         tss.append(ts)
         deps = ts.dependencies
         deps_of.append([dts.key for dts in deps] if deps else ())
-        prefix = ts.prefix
-        known = per_prefix.get(prefix)
-        if known is None:
-            known = per_prefix[prefix] = (
-                prefix.name if prefix is not None else None,
-                expected_seconds(prefix, state.learned, unknown))
-        kinds.append(known[0])
-        cost.append(known[1])
+        group = ts.group
+        i = by_group.get(group)
+        if i is None:
+            i = by_group[group] = len(kinds)
+            kinds.append(_kind(group, state.learned, unknown))
+        kind_of.append(i)
         pr = ts.priority
         priority.append(pr[-1] if pr is not None else nan)
         if ts.nbytes >= 0:
@@ -116,7 +114,20 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         if (isinstance(run_spec, barrier) if barrier is not None
                 else is_p2p_barrier(key, run_spec)):
             p2p.append(key)
-        if not free_to_pin(ts, opted_out, states):
+        # May the plugin pin it? (Inline: this loop runs once per task.)
+        if not (
+            ts.state in states
+            and run_spec is not None
+            # (a task the scheduler has not given a priority cannot be sent
+            # by us: distributed asserts one when a task goes to a worker)
+            and pr is not None
+            and not ts.actor
+            and not ts.worker_restrictions
+            and not ts.host_restrictions
+            and not ts.resource_restrictions
+            and (not opted_out or opted_out.get(key, True) is not False)
+            and (not ts.annotations or ts.annotations.get("autorestrict", True) is not False)
+        ):
             where = bound_to(ts, held_at)
             if where is not None:
                 who_has[key] = where
@@ -137,27 +148,33 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
             if where is not None:
                 who_has[key] = where
     workers = running_workers(scheduler)
-    sizes = _sizes(order, kinds, nbytes, state.learned.sizes())
+    kind_of = np.array(kind_of, dtype=np.intp)
+    names = [name for name, _ in kinds]
+    sizes = _sizes(order, names, kind_of, nbytes, state.learned.sizes())
     return GraphInputs(
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
-        cost=np.array(cost, dtype=np.float64), busy=busy(state, workers, unknown),
+        cost=np.array([sec for _, sec in kinds], dtype=np.float64)[kind_of], busy=busy(state, workers, unknown),
         placed_at_run_time=p2p, bandwidth=float(scheduler.bandwidth), sizes=sizes,
         tasks=tss,
     )
 
 
-def _sizes(order: list, kinds: list, nbytes: dict, learned: dict) -> Sizes:
+def _sizes(order: list, names: list, kind_of: np.ndarray, nbytes: dict,
+           learned: dict) -> Sizes:
     """:func:`autorestrictor.planner.estimate_sizes` for the graph's tasks
-    (``order``, of ``kinds``). Where nothing of these kinds was learned yet
-    (a first graph), every task of a kind whose size is not measured is
-    assumed, counted without a dictionary of the graph's keys."""
-    if learned.keys() & set(kinds):
-        prefix_of = {k: v for k, v in zip(order, kinds) if v is not None}
+    (``order``; task ``i`` is of kind ``names[kind_of[i]]``, ``None`` for no
+    kind). Where nothing of these kinds was learned yet (a first graph),
+    every task of a kind whose size is not measured is assumed, counted
+    without a dictionary of the graph's keys."""
+    if learned.keys() & set(names):
+        prefix_of = {k: names[i] for k, i in zip(order, kind_of.tolist())
+                     if names[i] is not None}
         return estimate_sizes(nbytes, prefix_of, learned)
-    kinded = len(order) - kinds.count(None)
-    measured = sum(1 for k, v in zip(order, kinds) if v is not None and k in nbytes) \
-        if nbytes else 0
+    kindless = [i for i, name in enumerate(names) if name is None]
+    kinded = len(order) - int(np.isin(kind_of, kindless).sum())
+    measured = sum(1 for k, i in zip(order, kind_of.tolist())
+                   if names[i] is not None and k in nbytes) if nbytes else 0
     return Sizes(dict(nbytes), len(nbytes), 0, kinded - measured)
 
 
@@ -217,23 +234,6 @@ def _address(ws) -> str:
     return ws.address
 
 
-def free_to_pin(ts, opted_out: dict, states: frozenset = frozenset({"released"})) -> bool:
-    """May the plugin pin this task?"""
-    return (
-        ts.state in states
-        and ts.run_spec is not None
-        # (a task the scheduler has not given a priority cannot be sent by
-        # us: distributed asserts one when a task goes to a worker)
-        and ts.priority is not None
-        and not ts.actor
-        and not ts.worker_restrictions
-        and not ts.host_restrictions
-        and not ts.resource_restrictions
-        and (not opted_out or opted_out.get(ts.key, True) is not False)
-        and (not ts.annotations or ts.annotations.get("autorestrict", True) is not False)
-    )
-
-
 def bound_to(ts, held_at: dict) -> list[str] | None:
     """Where a task we may not pin already is, or is bound to, if one place.
 
@@ -250,6 +250,13 @@ def bound_to(ts, held_at: dict) -> list[str] | None:
         queue = held_at.get(ts.key)
         return [queue] if queue is not None else None
     return None
+
+
+def _kind(group, learned: Learned, unknown: float) -> tuple:
+    """A task group's prefix name and its tasks' expected seconds."""
+    prefix = group.prefix if group is not None else None
+    return (prefix.name if prefix is not None else None,
+            expected_seconds(prefix, learned, unknown))
 
 
 def expected_seconds(prefix, learned: Learned, unknown: float) -> float:
