@@ -154,7 +154,8 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     return GraphInputs(
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
-        cost=np.array([sec for _, sec in kinds], dtype=np.float64)[kind_of], busy=busy(state, workers, unknown),
+        cost=np.array([sec for _, sec in kinds], dtype=np.float64)[kind_of],
+        busy=busy(state, workers, unknown),
         placed_at_run_time=p2p, bandwidth=float(scheduler.bandwidth), sizes=sizes,
         tasks=tss,
     )
