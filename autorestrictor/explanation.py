@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -316,6 +317,22 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
     }
 
 
+def _size_kinds(keys: list, prefixes: dict, learned: dict) -> dict:
+    """``key -> name its size is learned under``: its group's shape where
+    learned, else its prefix (as :func:`autorestrictor.intake.read_graph`)."""
+    from distributed.utils import key_split_group
+
+    from autorestrictor.learning import shape_of
+
+    group = {k: key_split_group(k) for k in keys}
+    count = Counter(group.values())
+    out = {}
+    for k in keys:
+        shape = shape_of(group[k], count[group[k]])
+        out[k] = shape if shape in learned else prefixes[k]
+    return out
+
+
 def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict) -> dict:
     """The planner's inputs, built as the plugin builds them
     (:func:`autorestrictor.intake.read_graph`)."""
@@ -331,7 +348,8 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict
     skip = [k for k in keys if k not in who_has and (
         opted_out.get(k, True) is False or k in restricted)]
     p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
-    sizes = estimate_sizes(view["nbytes"], prefixes, view["learned"])
+    learned = view["learned"]
+    sizes = estimate_sizes(view["nbytes"], _size_kinds(keys, prefixes, learned), learned)
     return {
         "dependencies": dependencies,
         "sizes": sizes.counts(),

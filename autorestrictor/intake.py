@@ -22,7 +22,7 @@ import numpy as np
 
 from autorestrictor.admission import Status
 from autorestrictor.compat import P2PBarrierTask, is_p2p_barrier
-from autorestrictor.learning import Learned
+from autorestrictor.learning import Learned, shape_of
 from autorestrictor.planner import Sizes, estimate_sizes
 from autorestrictor.state import HOLD, PENDING, Batch, State, Unit
 
@@ -134,19 +134,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
             else:
                 skip.append(key)
     dependencies = dict(zip(order, deps_of))
-    # Inputs from outside the graph: where are they? (Found with set
-    # operations on the keys, not a Python-level test per edge.)
-    outside = set(itertools.chain.from_iterable(deps_of))
-    outside.difference_update(dependencies, who_has)
-    for key in outside:
-        dts = tasks[key]
-        if dts.who_has:
-            who_has[key] = [ws.address for ws in dts.who_has]
-            nbytes[key] = dts.get_nbytes()
-        else:  # in flight: bound to a worker by an earlier plan?
-            where = bound_to(dts, held_at)
-            if where is not None:
-                who_has[key] = where
+    _read_outside(tasks, dependencies, who_has, nbytes, held_at)
     workers = running_workers(scheduler)
     kind_of = np.array(kind_of, dtype=np.intp)
     names = [name for name, _ in kinds]
@@ -161,13 +149,33 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     )
 
 
+def _read_outside(tasks, dependencies: dict, who_has: dict, nbytes: dict,
+                  held_at: dict) -> None:
+    """Where the graph's inputs from outside it are (in memory, or bound by
+    an earlier plan), and the sizes of those in memory: into ``who_has``
+    and ``nbytes``. Found with set operations on the keys, not a
+    Python-level test per edge."""
+    outside = set(itertools.chain.from_iterable(dependencies.values()))
+    outside.difference_update(dependencies, who_has)
+    for key in outside:
+        dts = tasks[key]
+        if dts.who_has:
+            who_has[key] = [ws.address for ws in dts.who_has]
+            nbytes[key] = dts.get_nbytes()
+        else:  # in flight: bound to a worker by an earlier plan?
+            where = bound_to(dts, held_at)
+            if where is not None:
+                who_has[key] = where
+
+
 def _sizes(order: list, names: list, kind_of: np.ndarray, nbytes: dict,
            learned: dict) -> Sizes:
     """:func:`autorestrictor.planner.estimate_sizes` for the graph's tasks
-    (``order``; task ``i`` is of kind ``names[kind_of[i]]``, ``None`` for no
-    kind). Where nothing of these kinds was learned yet (a first graph),
-    every task of a kind whose size is not measured is assumed, counted
-    without a dictionary of the graph's keys."""
+    (``order``; task ``i``'s size is learned under ``names[kind_of[i]]``, its
+    shape or its prefix; ``None`` for no kind). Where nothing of these
+    kinds was learned yet (a first graph), every task of a kind whose size
+    is not measured is assumed, counted without a dictionary of the
+    graph's keys."""
     if learned.keys() & set(names):
         prefix_of = {k: names[i] for k, i in zip(order, kind_of.tolist())
                      if names[i] is not None}
@@ -254,10 +262,19 @@ def bound_to(ts, held_at: dict) -> list[str] | None:
 
 
 def _kind(group, learned: Learned, unknown: float) -> tuple:
-    """A task group's prefix name and its tasks' expected seconds."""
+    """A task group's name for sizes (its shape if learned, else its prefix
+    name; see :mod:`autorestrictor.learning`) and its tasks' expected seconds."""
     prefix = group.prefix if group is not None else None
-    return (prefix.name if prefix is not None else None,
-            expected_seconds(prefix, learned, unknown))
+    name = prefix.name if prefix is not None else None
+    if name is not None:
+        name = learned.size_kind(name, shape_of(group.name, len(group)))
+    return name, expected_seconds(prefix, learned, unknown)
+
+
+def shape(ts) -> str | None:
+    """The shape of ``ts``'s group (:func:`autorestrictor.learning.shape_of`)."""
+    group = ts.group
+    return shape_of(group.name, len(group)) if group is not None else None
 
 
 def expected_seconds(prefix, learned: Learned, unknown: float) -> float:
@@ -342,7 +359,7 @@ def output_bytes(ts, learned: Learned) -> float:
     when neither is known."""
     if ts.nbytes >= 0:
         return float(ts.nbytes)
-    return learned.size(ts.prefix.name if ts.prefix is not None else None)
+    return learned.size(ts.prefix.name if ts.prefix is not None else None, shape(ts))
 
 
 def pending(tasks, keys: list, addr: str) -> list:

@@ -1,15 +1,22 @@
 """What finished tasks teach: durations and output sizes per kind, and each worker's pace.
 
 Pure: plain numbers in, plain numbers out; it never imports ``distributed``.
-A task's *kind* is its prefix name (``"sum"``, ``"random_sample"``). The
-plugin feeds :meth:`Learned.observe` from its ``transition`` hook and asks
-the rest when it plans, admits and rebalances.
+A task's *kind* is its prefix name (``"sum"``, ``"random_sample"``). Sizes
+are also learned per *shape* (:func:`shape_of`): one prefix often makes
+outputs of very different sizes in one graph (a QR's ``getitem`` takes an
+8 MB factor from one tuple and a 80 kB triangle from another; a rechunk's
+merges make chunks of a new size), and a later graph of the same kind has
+groups of the same shapes. The plugin feeds :meth:`Learned.observe` from
+its ``transition`` hook and asks the rest when it plans, admits and
+rebalances.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
@@ -32,6 +39,30 @@ PACE_WINDOW = 10
 #: Durations and sizes per kind are running means over about this many
 #: tasks: they keep following a drift.
 KIND_WINDOW = 100
+
+#: Shapes whose sizes are kept, at most; the oldest is forgotten first. (A
+#: shape is a group name and a task count: a scheduler that runs graphs of
+#: ever new sizes would otherwise keep one per graph.)
+MAX_SHAPES = 4096
+
+_TOKEN = re.compile(r"[0-9a-f]{8,}|[0-9]+")
+
+
+@functools.lru_cache(maxsize=MAX_SHAPES)
+def shape_of(group: str, n_tasks: int) -> str:
+    """The *shape* of a task group, whose tasks' outputs share a size.
+
+    Its name without the tokens Dask draws anew for every graph, and its
+    number of tasks: the same step of the same computation on data of the
+    same size has the same shape in the next graph.
+
+    >>> shape_of("getitem-ce6dbc07367d-q1", 10)
+    'getitem-q1[10]'
+    >>> shape_of("rechunk-merge-7c9bf7650cd3", 144)
+    'rechunk-merge[144]'
+    """
+    words = [w for w in group.split("-") if not _TOKEN.fullmatch(w)]
+    return f"{'-'.join(words) or group}[{n_tasks}]"
 
 
 @dataclasses.dataclass
@@ -65,27 +96,52 @@ class Learned:
     duration: dict[str, Mean] = dataclasses.field(default_factory=dict)  # seconds
     nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)  # output bytes
     pace: dict[tuple[str, str], Mean] = dataclasses.field(default_factory=dict)
+    #: output bytes per shape (:func:`shape_of`), at most MAX_SHAPES of them
+    shape_nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)
 
-    def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None) -> None:
-        """Learn from one task of ``kind`` that computed for ``seconds`` on ``worker``."""
+    def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None,
+                shape: str | None = None) -> None:
+        """Learn from one task of ``kind`` (and ``shape``) that computed for
+        ``seconds`` on ``worker``."""
         if seconds <= 0:
             return
         if isinstance(nbytes, int) and nbytes >= 0:
             self.nbytes.setdefault(kind, Mean()).add(nbytes, KIND_WINDOW)
+            if shape is not None:
+                self._observe_shape(shape, nbytes)
         self.duration.setdefault(kind, Mean()).add(seconds, KIND_WINDOW)
         self.pace.setdefault((worker, kind), Mean()).add(seconds, PACE_WINDOW)
+
+    def _observe_shape(self, shape: str, nbytes: int) -> None:
+        m = self.shape_nbytes.get(shape)
+        if m is None:
+            if len(self.shape_nbytes) >= MAX_SHAPES:
+                del self.shape_nbytes[next(iter(self.shape_nbytes))]
+            m = self.shape_nbytes[shape] = Mean()
+        m.add(nbytes, KIND_WINDOW)
 
     def forget_worker(self, worker: str) -> None:
         for key in [k for k in self.pace if k[0] == worker]:
             del self.pace[key]
 
     def sizes(self) -> dict[str, float]:
-        """Learned output bytes per kind."""
-        return {kind: m.value for kind, m in self.nbytes.items()}
+        """Learned output bytes per kind and per shape (their names do not
+        meet: a shape ends in its task count in brackets)."""
+        out = {kind: m.value for kind, m in self.nbytes.items()}
+        out.update((shape, m.value) for shape, m in self.shape_nbytes.items())
+        return out
 
-    def size(self, kind: str | None) -> float:
-        """Learned output bytes of ``kind``; -1 when not known."""
-        m = self.nbytes.get(kind) if kind is not None else None
+    def size_kind(self, kind: str | None, shape: str | None) -> str | None:
+        """The name under which a task's size is looked up: its shape if
+        learned, else its kind."""
+        return shape if shape in self.shape_nbytes else kind
+
+    def size(self, kind: str | None, shape: str | None = None) -> float:
+        """Learned output bytes of a task of ``kind`` and ``shape`` (the
+        shape's if learned, else the kind's); -1 when not known."""
+        m = self.shape_nbytes.get(shape) if shape is not None else None
+        if m is None and kind is not None:
+            m = self.nbytes.get(kind)
         return m.value if m is not None else -1.0
 
     def expected(self, kind: str | None, fallback: float) -> float:

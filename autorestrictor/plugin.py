@@ -199,7 +199,8 @@ class AutoRestrictor(SchedulerPlugin):
         worker = kwargs.get("worker")
         if worker is not None and ts.prefix is not None:
             st.learned.observe(ts.prefix.name, worker,
-                               compute_seconds(kwargs.get("startstops")), kwargs.get("nbytes"))
+                               compute_seconds(kwargs.get("startstops")), kwargs.get("nbytes"),
+                               shape=intake.shape(ts))
         if st.queues.held_at and ts.who_has:
             # (the release it may need is scheduled by the caller)
             admission.note_wanted(st.queues, ts, {ws.address for ws in ts.who_has},

@@ -25,7 +25,7 @@ from helpers import SMALL, blocked_reduction, pinned, slow_block
 from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
-from autorestrictor import AutoRestrictor, actions, admission, intake
+from autorestrictor import AutoRestrictor, actions, admission, intake, learning
 from autorestrictor.state import HOLD
 
 
@@ -584,6 +584,37 @@ async def test_sizes_are_learned_from_finished_tasks(c, s, a, b):
     assert second["sizes"]["learned"] == second["n_tasks"], second["sizes"]
     learned = s._autorestrictor.learned.sizes()
     assert learned and all(size > 0 for size in learned.values())
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_sizes_are_learned_per_shape_not_only_per_prefix(c, s, a, b):
+    """One prefix (``getitem``) makes 80 kB slices in one group and 800 B
+    slices in another: each group's shape keeps its own size, and the next
+    graph of the same shapes is planned with them, not with their mean."""
+    await c.register_plugin(AutoRestrictor())
+
+    def slices(seed):
+        x = da.random.RandomState(seed).random((2000, 100), chunks=(100, 100))
+        return x[:, 1:], x[:1000, :1]  # 20 tasks of 79,200 B; 10 of 800 B
+
+    wide, thin = slices(1)
+    await c.gather(c.compute([wide.sum(), thin.sum()], optimize_graph=False))
+    learned = s._autorestrictor.learned
+    shape_wide = learning.shape_of(wide.name, 20)
+    shape_thin = learning.shape_of(thin.name, 10)
+    assert shape_wide != shape_thin
+    assert learned.size("getitem", shape_wide) == 79_200
+    assert learned.size("getitem", shape_thin) == 800
+    assert 800 < learned.size("getitem") < 79_200  # the prefix's mean mixes them
+    wide, thin = slices(2)
+    inputs = []
+    read = intake.read_graph
+    with mock.patch.object(intake, "read_graph",
+                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+        await c.gather(c.compute([wide.sum(), thin.sum()], optimize_graph=False))
+    (got,) = inputs
+    assert {got.nbytes[k] for k in got.dependencies if k[0] == wide.name} == {79_200}
+    assert {got.nbytes[k] for k in got.dependencies if k[0] == thin.name} == {800}
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)

@@ -49,6 +49,32 @@ def test_nothing_is_learned_from_a_task_that_did_not_compute():
     assert learned.size("x") == -1.0 and learned.size(None) == -1.0
 
 
+def test_a_shape_is_a_group_name_without_its_tokens_and_its_task_count():
+    shape = learning.shape_of
+    # QR's factors: one prefix, steps told apart by their names' suffixes
+    assert shape("getitem-ce6dbc07367d-q1", 10) != shape("getitem-ce6dbc07367d-r1", 10)
+    # the same step of another graph (new token) has the same shape
+    assert shape("getitem-ce6dbc07367d-q1", 10) == shape("getitem-0a1b2c3d4e5f-q1", 10)
+    # merges of two rechunks differ by their task count only
+    assert shape("rechunk-merge-7c9bf7650cd3", 144) != shape("rechunk-merge-7c9bf7650cd3", 20)
+
+
+def test_sizes_per_shape_come_before_the_prefixs_and_are_bounded():
+    learned = Learned()
+    learned.observe("getitem", "a", 1.0, 8_000_000, shape="getitem-q1[10]")
+    learned.observe("getitem", "a", 1.0, 80_000, shape="getitem-r1[10]")
+    assert learned.size("getitem", "getitem-q1[10]") == 8_000_000
+    assert learned.size("getitem", "getitem-r1[10]") == 80_000
+    assert learned.size("getitem", "getitem[3]") == learned.size("getitem") == 4_040_000
+    assert learned.size_kind("getitem", "getitem[3]") == "getitem"
+    assert learned.sizes()["getitem-r1[10]"] == 80_000
+    for i in range(learning.MAX_SHAPES + 5):
+        learned.observe("x", "a", 1.0, i, shape=f"x[{i}]")
+    assert len(learned.shape_nbytes) == learning.MAX_SHAPES
+    assert "getitem-q1[10]" not in learned.shape_nbytes  # the oldest went first
+    assert learned.size("x", f"x[{learning.MAX_SHAPES + 4}]") == learning.MAX_SHAPES + 4
+
+
 def test_unknown_kinds_fall_back_and_the_typical_task_is_the_mean_over_kinds():
     learned = Learned()
     assert learned.expected("x", fallback=0.7) == 0.7
