@@ -282,7 +282,8 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
     bandwidth = parse_bytes(dask.config.get("distributed.scheduler.bandwidth", default=100e6))
     return {
         "installed": False, "options": {}, "workers": workers, "busy": {}, "learned": {},
-        "expected": dict.fromkeys(prefixes, float(unknown)), "who_has": {}, "nbytes": {},
+        "expected": dict.fromkeys(prefixes, float(unknown)), "shape_seconds": {},
+        "who_has": {}, "nbytes": {},
         "bandwidth": float(bandwidth),
     }
 
@@ -312,25 +313,23 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
         "workers": workers,
         "busy": intake.busy(st, workers, unknown) if st is not None else {},
         "learned": learned.sizes(),
-        "expected": expected, "who_has": who_has, "nbytes": nbytes,
+        "expected": expected, "shape_seconds": learned.shape_seconds(),
+        "who_has": who_has, "nbytes": nbytes,
         "bandwidth": float(s.bandwidth),
     }
 
 
-def _size_kinds(keys: list, prefixes: dict, learned: dict) -> dict:
-    """``key -> name its size is learned under``: its group's shape where
-    learned, else its prefix (as :func:`autorestrictor.intake.read_graph`)."""
+def _shapes(keys: list) -> dict:
+    """``key -> shape of its task group`` (:func:`autorestrictor.learning.shape_of`),
+    as the scheduler names groups: sizes and seconds learned per shape come
+    before those learned per prefix, as in :func:`autorestrictor.intake.read_graph`."""
     from distributed.utils import key_split_group
 
     from autorestrictor.learning import shape_of
 
     group = {k: key_split_group(k) for k in keys}
     count = Counter(group.values())
-    out = {}
-    for k in keys:
-        shape = shape_of(group[k], count[group[k]])
-        out[k] = shape if shape in learned else prefixes[k]
-    return out
+    return {k: shape_of(g, count[g]) for k, g in group.items()}
 
 
 def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict) -> dict:
@@ -348,14 +347,16 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict
     skip = [k for k in keys if k not in who_has and (
         opted_out.get(k, True) is False or k in restricted)]
     p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
-    learned = view["learned"]
-    sizes = estimate_sizes(view["nbytes"], _size_kinds(keys, prefixes, learned), learned)
+    learned, seconds, expected = view["learned"], view["shape_seconds"], view["expected"]
+    shapes = _shapes(keys)
+    sizes = estimate_sizes(view["nbytes"], {
+        k: shapes[k] if shapes[k] in learned else prefixes[k] for k in keys}, learned)
     return {
         "dependencies": dependencies,
         "sizes": sizes.counts(),
         "plan": {
             "nbytes": sizes.nbytes, "priority": priority, "who_has": who_has, "skip": skip,
-            "cost": {k: view["expected"][prefixes[k]] for k in keys},
+            "cost": {k: seconds.get(shapes[k], expected[prefixes[k]]) for k in keys},
             "busy": view["busy"], "placed_at_run_time": p2p, "bandwidth": view["bandwidth"],
         },
     }

@@ -265,10 +265,11 @@ def _kind(group, learned: Learned, unknown: float) -> tuple:
     """A task group's name for sizes (its shape if learned, else its prefix
     name; see :mod:`autorestrictor.learning`) and its tasks' expected seconds."""
     prefix = group.prefix if group is not None else None
-    name = prefix.name if prefix is not None else None
-    if name is not None:
-        name = learned.size_kind(name, shape_of(group.name, len(group)))
-    return name, expected_seconds(prefix, learned, unknown)
+    if prefix is None:
+        return None, unknown
+    shape = shape_of(group.name, len(group))
+    return (learned.size_kind(prefix.name, shape),
+            expected_seconds(prefix, learned, unknown, shape))
 
 
 def shape(ts) -> str | None:
@@ -277,12 +278,14 @@ def shape(ts) -> str | None:
     return shape_of(group.name, len(group)) if group is not None else None
 
 
-def expected_seconds(prefix, learned: Learned, unknown: float) -> float:
+def expected_seconds(prefix, learned: Learned, unknown: float,
+                     shape: str | None = None) -> float:
     """Expected compute seconds of a task of ``prefix`` (a ``TaskPrefix`` or
-    ``None``): learned, else the scheduler's average, else ``unknown``."""
+    ``None``) and ``shape``: learned, else the scheduler's average, else
+    ``unknown``."""
     if prefix is None:
         return unknown
-    return learned.expected(prefix.name, fallback(prefix, unknown))
+    return learned.expected(prefix.name, fallback(prefix, unknown), shape)
 
 
 def fallback(prefix, unknown: float) -> float:

@@ -2,13 +2,14 @@
 
 Pure: plain numbers in, plain numbers out; it never imports ``distributed``.
 A task's *kind* is its prefix name (``"sum"``, ``"random_sample"``). Sizes
-are also learned per *shape* (:func:`shape_of`): one prefix often makes
-outputs of very different sizes in one graph (a QR's ``getitem`` takes an
-8 MB factor from one tuple and a 80 kB triangle from another; a rechunk's
-merges make chunks of a new size), and a later graph of the same kind has
-groups of the same shapes. The plugin feeds :meth:`Learned.observe` from
-its ``transition`` hook and asks the rest when it plans, admits and
-rebalances.
+and durations are also learned per *shape* (:func:`shape_of`): one prefix
+often makes outputs of very different sizes in one graph (a QR's
+``getitem`` takes an 8 MB factor from one tuple and a 80 kB triangle from
+another; a rechunk's merges make chunks of a new size), or takes very
+different times (a tree reduction's combine of 30 partial results and of
+2), and a later graph of the same kind has groups of the same shapes.
+The plugin feeds :meth:`Learned.observe` from its ``transition`` hook and
+asks the rest when it plans, admits and rebalances.
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ class Learned:
     duration: dict[str, Mean] = dataclasses.field(default_factory=dict)  # seconds
     nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)  # output bytes
     pace: dict[tuple[str, str], Mean] = dataclasses.field(default_factory=dict)
-    #: output bytes per shape (:func:`shape_of`), at most MAX_SHAPES of them
+    #: output bytes and seconds per shape (:func:`shape_of`), at most
+    #: MAX_SHAPES of each
     shape_nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)
+    shape_duration: dict[str, Mean] = dataclasses.field(default_factory=dict)
 
     def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None,
                 shape: str | None = None) -> None:
@@ -108,17 +111,11 @@ class Learned:
         if isinstance(nbytes, int) and nbytes >= 0:
             self.nbytes.setdefault(kind, Mean()).add(nbytes, KIND_WINDOW)
             if shape is not None:
-                self._observe_shape(shape, nbytes)
+                _add_bounded(self.shape_nbytes, shape, nbytes)
         self.duration.setdefault(kind, Mean()).add(seconds, KIND_WINDOW)
+        if shape is not None:
+            _add_bounded(self.shape_duration, shape, seconds)
         self.pace.setdefault((worker, kind), Mean()).add(seconds, PACE_WINDOW)
-
-    def _observe_shape(self, shape: str, nbytes: int) -> None:
-        m = self.shape_nbytes.get(shape)
-        if m is None:
-            if len(self.shape_nbytes) >= MAX_SHAPES:
-                del self.shape_nbytes[next(iter(self.shape_nbytes))]
-            m = self.shape_nbytes[shape] = Mean()
-        m.add(nbytes, KIND_WINDOW)
 
     def forget_worker(self, worker: str) -> None:
         for key in [k for k in self.pace if k[0] == worker]:
@@ -144,11 +141,18 @@ class Learned:
             m = self.nbytes.get(kind)
         return m.value if m is not None else -1.0
 
-    def expected(self, kind: str | None, fallback: float) -> float:
-        """Expected compute seconds of a task of ``kind``: learned, else ``fallback``
-        (the scheduler's own average, else its unknown-task duration)."""
-        m = self.duration.get(kind) if kind is not None else None
+    def expected(self, kind: str | None, fallback: float, shape: str | None = None) -> float:
+        """Expected compute seconds of a task of ``kind`` (and ``shape``):
+        learned for its shape, else for its kind, else ``fallback`` (the
+        scheduler's own average, else its unknown-task duration)."""
+        m = self.shape_duration.get(shape) if shape is not None else None
+        if m is None and kind is not None:
+            m = self.duration.get(kind)
         return m.value if m is not None else fallback
+
+    def shape_seconds(self) -> dict[str, float]:
+        """Learned compute seconds per shape."""
+        return {shape: m.value for shape, m in self.shape_duration.items()}
 
     def typical(self, unknown: float) -> float:
         """A typical task's seconds so far: the mean over kinds (``unknown`` at first)."""
@@ -201,6 +205,16 @@ class Learned:
                 logs[w] += seen * math.log(recent / other)
                 weights[w] += seen
         return {w: math.exp(logs[w] / weights[w]) if weights[w] else 1.0 for w in order}
+
+
+def _add_bounded(means: dict[str, Mean], name: str, x: float) -> None:
+    """Add ``x`` to ``means[name]``, forgetting the oldest name past MAX_SHAPES."""
+    m = means.get(name)
+    if m is None:
+        if len(means) >= MAX_SHAPES:
+            del means[next(iter(means))]
+        m = means[name] = Mean()
+    m.add(x, KIND_WINDOW)
 
 
 def compute_seconds(startstops: Iterable[Mapping] | None) -> float:

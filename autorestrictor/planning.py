@@ -93,8 +93,14 @@ def _plan(scheduler, st: State, keys: list, annotations: dict, timing: dict,
     """The plan for ``keys``, and the tasks it was read from (in the order
     of the plan's nodes)."""
     t0 = perf_counter()
+    # Forget the units of earlier graphs that have run (and their pins)
+    # first: what is still pinned is work waiting on each worker (``busy``),
+    # and a finished graph's would weigh on this plan.
+    membership.prune(scheduler, st)
+    t1 = perf_counter()
+    timing["prune_s"] = t1 - t0
     inputs = intake.read_graph(scheduler, keys, annotations, st, states=states)
-    timing["read_s"] = perf_counter() - t0
+    timing["read_s"] = perf_counter() - t1
     p = plan(**inputs.plan_kwargs(), **dataclasses.asdict(st.options))
     return dataclasses.replace(p, sizes=inputs.sizes.counts()), inputs.tasks
 
@@ -132,9 +138,6 @@ def apply_plan(scheduler, st: State, p: Plan, tss: list, timing: dict,
         st.queues.hold_tasks(addr, roots)
     t1 = perf_counter()
     timing["pin_s"] = t1 - t0
-    # Forget finished units before adding this plan's, which are all
-    # pending: pruning them too would walk the new graph a second time.
-    membership.prune(scheduler, st)
     # The units are built when first needed (a rebalance, a worker that
     # leaves, the dashboard): most graphs never need them.
     st.batches.append(Batch(scheduler.tasks, p.keys, p.units, p.worker_of, p.piece_of,

@@ -35,8 +35,11 @@ NAME = TOPIC = "autorestrictor"
 #: scheduler keeps them in ``no-worker`` until admission releases them.
 HOLD = "autorestrictor://held"
 
-#: Task states in which a pin still matters: the task has not run yet.
-PENDING = frozenset({"released", "waiting", "no-worker", "queued", "processing"})
+#: Task states in which a pin still matters: the task has not run yet and
+#: is wanted. (Between the scheduler's transitions a ``released`` task is
+#: one nobody wants now: it has run and its readers have too, or it was
+#: cancelled. Were it wanted again, Dask would place it freely.)
+PENDING = frozenset({"waiting", "no-worker", "queued", "processing"})
 
 Key = Hashable
 

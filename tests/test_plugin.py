@@ -618,6 +618,22 @@ async def test_sizes_are_learned_per_shape_not_only_per_prefix(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_a_finished_graph_weighs_on_no_worker_in_the_next_plan(c, s, a, b):
+    """Work pinned by a graph that has run is not work waiting: the next plan
+    sees every worker idle (else the worker that ran more of the first graph
+    would get less of the second)."""
+    await c.register_plugin(AutoRestrictor())
+    await c.compute(seed_like(n_chunks=20))
+    inputs = []
+    read = intake.read_graph
+    with mock.patch.object(intake, "read_graph",
+                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+        await c.compute(seed_like(n_chunks=20, rows=1001))
+    (got,) = inputs
+    assert got.busy == {a.address: 0.0, b.address: 0.0}
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_a_large_argument_shared_by_a_map(c, s, a, b):
     """``c.map`` with a large keyword argument puts it in the graph as a task
     with no priority (distributed's test_map_large_kwargs_in_graph; computing

@@ -75,6 +75,22 @@ def test_sizes_per_shape_come_before_the_prefixs_and_are_bounded():
     assert learned.size("x", f"x[{learning.MAX_SHAPES + 4}]") == learning.MAX_SHAPES + 4
 
 
+def test_durations_per_shape_come_before_the_prefixs():
+    """A tree reduction's combines of 30 partial results and of 2: one
+    prefix, two shapes, two costs."""
+    learned = Learned()
+    for _ in range(8):
+        learned.observe("combine", "a", 0.006, None, shape="combine[8]")
+        learned.observe("combine", "a", 0.0001, None, shape="combine[180]")
+    assert learned.expected("combine", 0.5, "combine[8]") == pytest.approx(0.006)
+    assert learned.expected("combine", 0.5, "combine[180]") == pytest.approx(0.0001)
+    # an unseen shape of a seen prefix: the prefix's mean; an unseen prefix: the fallback
+    assert learned.expected("combine", 0.5, "combine[3]") == pytest.approx(0.00305)
+    assert learned.expected("other", 0.5, "other[3]") == 0.5
+    assert learned.shape_seconds() == {"combine[8]": pytest.approx(0.006),
+                                       "combine[180]": pytest.approx(0.0001)}
+
+
 def test_unknown_kinds_fall_back_and_the_typical_task_is_the_mean_over_kinds():
     learned = Learned()
     assert learned.expected("x", fallback=0.7) == 0.7
