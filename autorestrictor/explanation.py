@@ -210,10 +210,12 @@ def explain(
         raise ValueError("give workers= or client=, not both: the client's workers are used")
     keys = graph_order(dsk)
     prefixes = {k: key_split(k) for k in keys}
+    shapes = _shapes(keys)
     if client is not None:
         externals = {d for k in keys for d in dsk[k].dependencies if d not in dsk}
         view = client.run_on_scheduler(
-            _cluster_view, keys=list(externals | set(keys)), prefixes=sorted(set(prefixes.values()))
+            _cluster_view, keys=list(externals | set(keys)),
+            prefixes=sorted(set(prefixes.values())), shapes=sorted(set(shapes.values())),
         )
         source = f"cluster at {client.scheduler.address}"
     else:
@@ -222,7 +224,7 @@ def explain(
     notes = () if view["installed"] or client is None else (
         "the plugin is not installed on this cluster; planned with the local configuration",)
     opts = dataclasses.asdict(Options.from_config(**{**view["options"], **options}))
-    inputs = _inputs(dsk, keys, prefixes, annotations, view)
+    inputs = _inputs(dsk, keys, prefixes, shapes, annotations, view)
     p = plan(inputs["dependencies"], view["workers"], **inputs["plan"], **opts)
     p = dataclasses.replace(p, sizes=inputs["sizes"])
     given = inputs["plan"]
@@ -283,12 +285,13 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
     return {
         "installed": False, "options": {}, "workers": workers, "busy": {}, "learned": {},
         "expected": dict.fromkeys(prefixes, float(unknown)), "shape_seconds": {},
+        "positions": {},
         "who_has": {}, "nbytes": {},
         "bandwidth": float(bandwidth),
     }
 
 
-def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
+def _cluster_view(dask_scheduler=None, keys=(), prefixes=(), shapes=()) -> dict:
     """On the scheduler: what the plugin would give the planner for a graph of ``keys``."""
     from autorestrictor import intake
     from autorestrictor.learning import Learned
@@ -314,6 +317,7 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=()) -> dict:
         "busy": intake.busy(st, workers, unknown) if st is not None else {},
         "learned": learned.sizes(),
         "expected": expected, "shape_seconds": learned.shape_seconds(),
+        "positions": {shape: learned.position_sizes(shape) for shape in shapes},
         "who_has": who_has, "nbytes": nbytes,
         "bandwidth": float(s.bandwidth),
     }
@@ -332,7 +336,8 @@ def _shapes(keys: list) -> dict:
     return {k: shape_of(g, count[g]) for k, g in group.items()}
 
 
-def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict) -> dict:
+def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: dict,
+            view: dict) -> dict:
     """The planner's inputs, built as the plugin builds them
     (:func:`autorestrictor.intake.read_graph`)."""
     import dask.order
@@ -348,9 +353,14 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, annotations: dict, view: dict
         opted_out.get(k, True) is False or k in restricted)]
     p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
     learned, seconds, expected = view["learned"], view["shape_seconds"], view["expected"]
-    shapes = _shapes(keys)
+    positions = view["positions"]
+    per_key = {}
+    for k in keys:
+        size = positions.get(shapes[k], {}).get(k[1:]) if type(k) is tuple else None
+        if size is not None:
+            per_key[k] = size
     sizes = estimate_sizes(view["nbytes"], {
-        k: shapes[k] if shapes[k] in learned else prefixes[k] for k in keys}, learned)
+        k: shapes[k] if shapes[k] in learned else prefixes[k] for k in keys}, learned, per_key)
     return {
         "dependencies": dependencies,
         "sizes": sizes.counts(),

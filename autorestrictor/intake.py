@@ -89,7 +89,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     skip: list = []
     p2p: list = []  # P2P barriers: P2P places their outputs at run time
     by_group: dict = {}  # task group -> index in ``kinds`` (read once per group)
-    kinds: list = []  # (prefix name, expected seconds) per task group
+    kinds: list = []  # (size name, expected seconds, shape) per task group
     barrier = P2PBarrierTask
     nan = float("nan")
     for key in graph_order(keys):
@@ -137,12 +137,13 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     _read_outside(tasks, dependencies, who_has, nbytes, held_at)
     workers = running_workers(scheduler)
     kind_of = np.array(kind_of, dtype=np.intp)
-    names = [name for name, _ in kinds]
-    sizes = _sizes(order, names, kind_of, nbytes, state.learned.sizes())
+    names = [name for name, _, _ in kinds]
+    sizes = _sizes(order, names, kind_of, nbytes, state.learned.sizes(),
+                   _per_key(order, kind_of, [shape for _, _, shape in kinds], state.learned))
     return GraphInputs(
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
-        cost=np.array([sec for _, sec in kinds], dtype=np.float64)[kind_of],
+        cost=np.array([sec for _, sec, _ in kinds], dtype=np.float64)[kind_of],
         busy=busy(state, workers, unknown),
         placed_at_run_time=p2p, bandwidth=float(scheduler.bandwidth), sizes=sizes,
         tasks=tss,
@@ -168,8 +169,24 @@ def _read_outside(tasks, dependencies: dict, who_has: dict, nbytes: dict,
                 who_has[key] = where
 
 
+def _per_key(order: list, kind_of: np.ndarray, shapes: list, learned: Learned) -> dict:
+    """``key -> bytes`` learned for the task at the same position (its key's
+    indices) in its shape; looked at only in shapes that have them."""
+    out = {}
+    for i, shape in enumerate(shapes):
+        sizes = learned.position_sizes(shape)
+        if not sizes:
+            continue
+        for j in np.flatnonzero(kind_of == i).tolist():
+            key = order[j]
+            size = sizes.get(key[1:]) if type(key) is tuple else None
+            if size is not None:
+                out[key] = size
+    return out
+
+
 def _sizes(order: list, names: list, kind_of: np.ndarray, nbytes: dict,
-           learned: dict) -> Sizes:
+           learned: dict, per_key: dict) -> Sizes:
     """:func:`autorestrictor.planner.estimate_sizes` for the graph's tasks
     (``order``; task ``i``'s size is learned under ``names[kind_of[i]]``, its
     shape or its prefix; ``None`` for no kind). Where nothing of these
@@ -179,7 +196,7 @@ def _sizes(order: list, names: list, kind_of: np.ndarray, nbytes: dict,
     if learned.keys() & set(names):
         prefix_of = {k: names[i] for k, i in zip(order, kind_of.tolist())
                      if names[i] is not None}
-        return estimate_sizes(nbytes, prefix_of, learned)
+        return estimate_sizes(nbytes, prefix_of, learned, per_key)
     kindless = [i for i, name in enumerate(names) if name is None]
     kinded = len(order) - int(np.isin(kind_of, kindless).sum())
     measured = sum(1 for k, i in zip(order, kind_of.tolist())
@@ -263,13 +280,14 @@ def bound_to(ts, held_at: dict) -> list[str] | None:
 
 def _kind(group, learned: Learned, unknown: float) -> tuple:
     """A task group's name for sizes (its shape if learned, else its prefix
-    name; see :mod:`autorestrictor.learning`) and its tasks' expected seconds."""
+    name; see :mod:`autorestrictor.learning`), its tasks' expected seconds,
+    and its shape."""
     prefix = group.prefix if group is not None else None
     if prefix is None:
-        return None, unknown
+        return None, unknown, None
     shape = shape_of(group.name, len(group))
     return (learned.size_kind(prefix.name, shape),
-            expected_seconds(prefix, learned, unknown, shape))
+            expected_seconds(prefix, learned, unknown, shape), shape)
 
 
 def shape(ts) -> str | None:
@@ -358,11 +376,17 @@ def held_status(tasks, key) -> Status:
 
 
 def output_bytes(ts, learned: Learned) -> float:
-    """Bytes of ``ts``'s output: measured, else its kind's learned average; -1
-    when neither is known."""
+    """Bytes of ``ts``'s output: measured, else learned (for its position in
+    its shape, its shape, or its kind); -1 when none is known."""
     if ts.nbytes >= 0:
         return float(ts.nbytes)
-    return learned.size(ts.prefix.name if ts.prefix is not None else None, shape(ts))
+    sh = shape(ts)
+    key = ts.key
+    if type(key) is tuple:
+        size = learned.position_sizes(sh).get(key[1:])
+        if size is not None:
+            return size
+    return learned.size(ts.prefix.name if ts.prefix is not None else None, sh)
 
 
 def pending(tasks, keys: list, addr: str) -> list:

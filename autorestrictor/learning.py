@@ -46,6 +46,12 @@ KIND_WINDOW = 100
 #: ever new sizes would otherwise keep one per graph.)
 MAX_SHAPES = 4096
 
+#: Output sizes kept per task position (the indices in its key) within a
+#: shape, at most; the oldest shape's are forgotten first. Within one shape
+#: sizes may still differ by position: the halos of an overlap (thin strips
+#: and corners), the pieces of a rechunk.
+MAX_POSITIONS = 100_000
+
 _TOKEN = re.compile(r"[0-9a-f]{8,}|[0-9]+")
 
 
@@ -101,21 +107,46 @@ class Learned:
     #: MAX_SHAPES of each
     shape_nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)
     shape_duration: dict[str, Mean] = dataclasses.field(default_factory=dict)
+    #: output bytes per shape and position (the indices of a task's key),
+    #: at most MAX_POSITIONS in all
+    position_nbytes: dict[str, dict[tuple, float]] = dataclasses.field(default_factory=dict)
+    n_positions: int = 0
 
     def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None,
-                shape: str | None = None) -> None:
-        """Learn from one task of ``kind`` (and ``shape``) that computed for
-        ``seconds`` on ``worker``."""
+                shape: str | None = None, position: tuple | None = None) -> None:
+        """Learn from one task of ``kind`` (and ``shape``, at ``position`` in
+        it) that computed for ``seconds`` on ``worker``."""
         if seconds <= 0:
             return
         if isinstance(nbytes, int) and nbytes >= 0:
             self.nbytes.setdefault(kind, Mean()).add(nbytes, KIND_WINDOW)
             if shape is not None:
                 _add_bounded(self.shape_nbytes, shape, nbytes)
+                if position is not None:
+                    self._remember_position(shape, position, nbytes)
         self.duration.setdefault(kind, Mean()).add(seconds, KIND_WINDOW)
         if shape is not None:
             _add_bounded(self.shape_duration, shape, seconds)
         self.pace.setdefault((worker, kind), Mean()).add(seconds, PACE_WINDOW)
+
+    def _remember_position(self, shape: str, position: tuple, nbytes: int) -> None:
+        sizes = self.position_nbytes.get(shape)
+        if sizes is not None and position in sizes:
+            sizes[position] = float(nbytes)
+            return
+        while self.n_positions >= MAX_POSITIONS:
+            oldest = next(iter(self.position_nbytes))
+            if oldest == shape:
+                return  # one shape past the bound: its other positions go unlearned
+            self.n_positions -= len(self.position_nbytes.pop(oldest))
+        if sizes is None:
+            sizes = self.position_nbytes[shape] = {}
+        sizes[position] = float(nbytes)
+        self.n_positions += 1
+
+    def position_sizes(self, shape: str | None) -> dict[tuple, float]:
+        """Learned output bytes per position in ``shape`` (empty if none)."""
+        return self.position_nbytes.get(shape, {}) if shape is not None else {}
 
     def forget_worker(self, worker: str) -> None:
         for key in [k for k in self.pace if k[0] == worker]:

@@ -1454,13 +1454,18 @@ def estimate_sizes(
     measured: Mapping[Key, float],
     prefix_of: Mapping[Key, str],
     learned: Mapping[str, float],
+    per_key: Mapping[Key, float] | None = None,
 ) -> Sizes:
-    """Sizes in order of trust: measured, then learned per prefix, else unknown.
+    """Sizes in order of trust: measured, learned per key, learned per
+    prefix, else unknown.
 
     Parameters
     ----------
     measured:
         ``key -> bytes`` of results in memory.
+    per_key:
+        ``key -> bytes`` learned for the task itself (the task at the same
+        place in an earlier graph of the same shape).
     prefix_of:
         ``key -> task prefix`` for the graph's tasks (``"sum"`` for
         ``("sum-<token>", 0, 3)``).
@@ -1480,10 +1485,13 @@ def estimate_sizes(
         # in C, not a loop over the keys
         return Sizes(nbytes, len(measured), 0, len(prefix_of.keys() - nbytes.keys()))
     learned_n = assumed = 0
+    per_key = per_key or {}
     for key, prefix in prefix_of.items():
         if key in nbytes:
             continue
-        size = learned.get(prefix)
+        size = per_key.get(key)
+        if size is None:
+            size = learned.get(prefix)
         if size is None:
             assumed += 1
         else:

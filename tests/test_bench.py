@@ -252,12 +252,15 @@ def test_format_table_shows_memory_and_prediction_columns():
         fake_row("qr", "default", 1, spilled_bytes=60_000_000, pauses=3, **limit),
         fake_row("qr", "autorestrictor", 0, spilled_bytes=25_000_000, pauses=0,
                  predicted_bytes=12_300_000, predicted_sizes_known=True,
-                 bytes_moved=20_000_000, **limit),
+                 bytes_moved=20_000_000, transfer_in_bytes=11_000_000, **limit),
     ]
     table = format_table(rows)
     default, plugin = _cells(table)
     assert (default["spilled MB"], default["pauses"], default["pred MB"]) == ("50.0", "2", "-")
     assert (plugin["spilled MB"], plugin["pauses"], plugin["pred MB"]) == ("25.0", "0", "12.3")
+    # the prediction is set beside what workers received from each other
+    # (MB moved also counts the results the client gathered)
+    assert (default["got MB"], plugin["got MB"]) == ("-", "11.0")
     assert (plugin["spill"], plugin["pause"], plugin["bytes"]) == ("0.50x", "0.00x", "0.20x")
     assert "limit" not in default  # one limit for all: said once, under the table
     assert "memory limit 300 MB per worker" in table and "spilled MB: " in table

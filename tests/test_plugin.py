@@ -618,6 +618,29 @@ async def test_sizes_are_learned_per_shape_not_only_per_prefix(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_sizes_are_learned_per_position_within_a_shape(c, s, a, b):
+    """Uneven chunks (or an overlap's strips and corners) in one group: the
+    next graph of the same shape gets each task's own size, not their mean."""
+    await c.register_plugin(AutoRestrictor())
+
+    def uneven(seed):
+        x = da.random.RandomState(seed).random((4040, 10), chunks=((1000, 10) * 4, 10))
+        return x[:, 1:]  # 8 tasks: 72,000 B and 720 B in turn
+
+    await c.compute(uneven(1).sum(), optimize_graph=False)
+    y = uneven(2)
+    inputs = []
+    read = intake.read_graph
+    with mock.patch.object(intake, "read_graph",
+                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+        await c.compute(y.sum(), optimize_graph=False)
+    (got,) = inputs
+    sizes = {k: got.nbytes[k] for k in got.dependencies if k[0] == y.name}
+    assert sizes == {(y.name, i, 0): 72_000 if i % 2 == 0 else 720 for i in range(8)}
+    assert got.sizes.counts()["assumed"] == 0
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_a_finished_graph_weighs_on_no_worker_in_the_next_plan(c, s, a, b):
     """Work pinned by a graph that has run is not work waiting: the next plan
     sees every worker idle (else the worker that ran more of the first graph

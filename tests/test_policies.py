@@ -91,6 +91,26 @@ def test_durations_per_shape_come_before_the_prefixs():
                                        "combine[180]": pytest.approx(0.0001)}
 
 
+def test_sizes_per_position_are_kept_within_a_bound_oldest_shape_first():
+    learned = Learned()
+    learned.observe("getitem", "a", 1.0, 400, shape="s[3]", position=(0, 0))
+    learned.observe("getitem", "a", 1.0, 4000, shape="s[3]", position=(0, 1))
+    assert learned.position_sizes("s[3]") == {(0, 0): 400.0, (0, 1): 4000.0}
+    assert learned.position_sizes("t[3]") == {} == learned.position_sizes(None)
+    per_shape = learning.MAX_POSITIONS // 4
+    for n in range(5):
+        for i in range(per_shape):
+            learned.observe("x", "a", 1.0, i, shape=f"x[{n}]", position=(i,))
+    assert learned.n_positions <= learning.MAX_POSITIONS
+    assert learned.n_positions == sum(map(len, learned.position_nbytes.values()))
+    assert not learned.position_sizes("s[3]") and not learned.position_sizes("x[0]")
+    assert learned.position_sizes("x[4]")[(7,)] == 7.0
+    for i in range(learning.MAX_POSITIONS + 10):  # one shape larger than the bound
+        learned.observe("y", "a", 1.0, i, shape="y[1]", position=(i,))
+    assert learned.n_positions == learning.MAX_POSITIONS
+    assert len(learned.position_sizes("y[1]")) == learning.MAX_POSITIONS
+
+
 def test_unknown_kinds_fall_back_and_the_typical_task_is_the_mean_over_kinds():
     learned = Learned()
     assert learned.expected("x", fallback=0.7) == 0.7

@@ -57,7 +57,8 @@ disk during the compute (``spilled_bytes``, from each
 limit) and how many times a worker went into ``paused`` status
 (``pauses``, see :class:`_PauseCounter`).  Rows of the ``autorestrictor``
 mode also give ``predicted_bytes``, the bytes its applied plans predicted
-would cross workers, to set beside ``bytes_moved``.
+would cross workers, to set beside ``transfer_in_bytes`` (``bytes_moved``
+also counts the results the client gathers).
 
 CPU
 ---
@@ -1420,9 +1421,10 @@ def _table_line(groups: dict[_Group, list[dict]], key: _Group, link_col: bool,
         f"{med('wall_s'):.2f}",
         _seconds(med("cpu_s")),
         _mb(med("bytes_moved")),
-        _mb(med("predicted_bytes"))
-        if mode == "autorestrictor" and all(r.get("predicted_sizes_known") for r in groups[key])
-        else "-",
+        *([_mb(med("predicted_bytes")), _mb(med("transfer_in_bytes"))]
+          if mode == "autorestrictor" and all(r.get("predicted_sizes_known")
+                                              for r in groups[key])
+          else ["-", "-"]),
         f"{med('transfers'):.0f}",
         _mb(med("peak_memory_bytes"), 0),
         *memory,
@@ -1462,8 +1464,10 @@ def _column_notes(rows: Sequence[dict], with_link: bool, limits: set[str]) -> li
         out.append(f"cpu s: CPU seconds of scheduler, client and workers; a run with cpu s "
                    f"near {cores:.0f} cores x wall s was CPU-bound")
     if any(r["mode"] == "autorestrictor" for r in rows):
-        out.append("pred MB: bytes the plugin's applied plans predicted would cross workers "
-                   "(compare MB moved), shown where every size was known when they were made")
+        out.append("pred MB: bytes the plugin's applied plans predicted would cross workers, "
+                   "shown where every size was known when they were made; got MB: what the "
+                   "workers received from each other (MB moved also counts what the client "
+                   "gathered)")
     if memory:
         one = f"memory limit {next(iter(limits))} per worker" if len(limits) == 1 else (
             "limit: memory limit per worker")
@@ -1506,7 +1510,8 @@ def format_table(rows: Sequence[dict]) -> str:
     limits = {limit for _, _, limit, _ in groups}
     memory, limit_col = limits != {"-"}, len(limits) > 1
     header = ["workload", *(["link"] if with_link else []), *(["limit"] if limit_col else []),
-              "mode", "n", "wall s", "cpu s", "MB moved", "pred MB", "transfers", "peak MB",
+              "mode", "n", "wall s", "cpu s", "MB moved", "pred MB", "got MB", "transfers",
+              "peak MB",
               *(["spilled MB", "pauses"] if memory else []), "max share", "plan ms",
               "bytes", "wall", "peak", *(["spill", "pause"] if memory else [])]
     lines = [header, *(_table_line(groups, key, with_link, limit_col, memory) for key in groups)]
