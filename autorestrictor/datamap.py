@@ -239,17 +239,17 @@ def default_estimate(
     """:func:`default_transfer`, and the predicted seconds until each worker
     (in the order of ``workers``) finishes under Dask's default, by the
     plan's own model of time (:func:`autorestrictor.planner.predicted_finish`):
-    compute over threads, plus the seconds to receive what a worker reads
-    from the others. The graph is read once for both.
+    compute over threads, or the seconds to receive what a worker reads from
+    the others if longer. The graph is read once for both.
 
-    Two chains read by one sum, a second per task and per result sent: one
-    worker runs a chain and the sum, after receiving the other chain's
-    result.
+    Two chains read by one sum, a second per task and five per result
+    sent: one worker runs a chain and the sum (three seconds) and receives
+    the other chain's result meanwhile, which takes longer.
 
     >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
-    >>> default_estimate(deps, {"w1": 1, "w2": 1}, bandwidth=10.0,
+    >>> default_estimate(deps, {"w1": 1, "w2": 1}, bandwidth=2.0,
     ...                  nbytes=dict.fromkeys(deps, 10), cost=dict.fromkeys(deps, 1.0))
-    (10.0, array([4., 2.]))
+    (10.0, array([5., 2.]))
     """
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be a positive number of bytes per second, "

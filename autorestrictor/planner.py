@@ -266,8 +266,9 @@ def plan(
     bandwidth:
         Bytes per second between workers (the scheduler's measured
         bandwidth), with ``cost`` in seconds. Given, the plan predicts each
-        worker's finish (its compute seconds plus the seconds to receive
-        what it reads from other workers, see :func:`predicted_finish`), and
+        worker's finish (its compute seconds, or the seconds to receive
+        what it reads from other workers if longer, see
+        :func:`predicted_finish`), and
         when the plan within ``balance-tolerance`` is uneven it is compared
         with one within ``balanced-tolerance``: the one predicted to finish
         first is taken.
@@ -1332,13 +1333,15 @@ def predicted_finish(a: Analysis, worker_of: np.ndarray, bandwidth: float) -> np
     """Predicted seconds until each worker finishes its part of the plan.
 
     Its work already waiting (``busy``) and its pinned compute (``cost``, in
-    seconds), over its threads, plus the seconds to receive each output it
-    reads that is made or held on another worker (once per output): its
-    size over ``bandwidth`` bytes per second, and where its size is
-    assumed, at least the seconds its task takes to compute (an unknown
-    output is taken to be as dear to send as to make, so that a plan does
-    not win on sizes nobody measured). Tasks left to Dask count on no
-    worker. O(edges log edges).
+    seconds), over its threads, or, if longer, the seconds to receive each
+    output it reads that is made or held on another worker (once per
+    output): a Dask worker fetches its inputs while it computes, so the
+    longer of the two sets its finish. An output's seconds are its size
+    over ``bandwidth`` bytes per second, and where its size is assumed, at
+    least the seconds its task takes to compute (an unknown output is taken
+    to be as dear to send as to make, so that a plan does not win on sizes
+    nobody measured). Tasks left to Dask count on no worker. O(edges log
+    edges).
     """
     return finish_per_worker(a.g, worker_of, located=a.located, size=a.size, known=a.known,
                              cost=a.cost, busy=a.busy, threads=a.threads, bandwidth=bandwidth)
@@ -1367,7 +1370,7 @@ def finish_per_worker(
     guessed = ~known[src]
     seconds[guessed] = np.maximum(seconds[guessed], cost[src[guessed]])
     received = np.bincount(pairs % n_w, weights=seconds, minlength=n_w)
-    return (busy + compute) / threads + received
+    return np.maximum((busy + compute) / threads, received)
 
 
 def predicted_transfer(

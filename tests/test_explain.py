@@ -50,8 +50,10 @@ def test_explain_seed_example_shows_the_chunk_map():
     # ... at the cost of a few partial sums, about three per seam; Dask's
     # queue spreads each subtree's chunks
     assert e.predicted_bytes <= 16 and e.default_bytes >= 100
-    # Dask's default, by the same model of time: every worker later than the plan's last
-    assert len(e.default_finish) == 4 and min(e.default_finish) > max(e.plan.finish)
+    # Dask's default, by the same model of time: it is no sooner. (Its 150
+    # transfers are received while its workers compute, in this model, so
+    # it is not later either: what the plan saves here is bytes.)
+    assert len(e.default_finish) == 4 and max(e.default_finish) >= max(e.plan.finish)
     assert "Predicted seconds per worker" in repr(e)
     html = e._repr_html_()
     assert "<svg" in html and "worker-3" in html
@@ -209,9 +211,11 @@ def test_default_estimate_spreads_tied_sums_over_the_workers():
     deps = {("r", i): [] for i in range(8)}
     deps.update({("s", i): [("r", 2 * i), ("r", 2 * i + 1)] for i in range(4)})
     priority = {k: n for n, k in enumerate(deps)}
-    moved, finish = default_estimate(deps, {"a": 1, "b": 1}, bandwidth=5.0, priority=priority,
+    moved, finish = default_estimate(deps, {"a": 1, "b": 1}, bandwidth=1.0, priority=priority,
                                      nbytes=dict.fromkeys(deps, 5), cost=dict.fromkeys(deps, 1.0))
     assert moved == 20.0  # the bytes, as default_transfer counts them
-    assert finish.tolist() == [4 + 2 + 2, 4 + 2 + 2]
+    # each receives two inputs of 5 s (longer than its 4 + 2 s of compute);
+    # all four sums on "a" would have it receive four: [20, 4]
+    assert finish.tolist() == [10.0, 10.0]
     with pytest.raises(ValueError, match="bandwidth must be a positive number"):
         default_estimate(deps, {"a": 1}, bandwidth=0)

@@ -669,18 +669,33 @@ def _lopsided_sums(sizes=(16, 16, 16, 2)) -> dict:
     return deps
 
 
-def test_predicted_finish_is_compute_plus_what_a_worker_receives():
+def test_predicted_finish_is_compute_or_what_a_worker_receives_if_longer():
+    """A Dask worker fetches its inputs while it computes: the longer of the
+    two sets its finish."""
+    from autorestrictor.planner import finish_per_worker
+
+    # a on w0, b (reads a) and c on w1; a's 10 bytes take 10 s to send
+    g = build_graph({"a": [], "b": ["a"], "c": []})
+    finish = finish_per_worker(
+        g, np.array([0, 1, 1]), located=np.full(3, -1), size=np.full(3, 10.0),
+        known=np.ones(3, dtype=bool), cost=np.ones(3), busy=np.zeros(2),
+        threads=np.ones(2), bandwidth=1.0)
+    assert finish.tolist() == [1.0, 10.0]  # w1: 2 s of compute, 10 s receiving
+    bandwidth = 4.0
     deps = _lopsided_sums()
     nbytes = {k: 10.0 for k in deps}
     cost = np.array([2.0 if k.startswith("r") else 1.0 for k in deps])
-    p = plan(deps, W4, min_tasks=1, nbytes=nbytes, cost=cost, bandwidth=4.0)
+    p = plan(deps, W4, min_tasks=1, nbytes=nbytes, cost=cost, bandwidth=bandwidth)
     at = p.assignment
     assert set(at) == set(deps)
-    expected = dict.fromkeys(p.workers, 0.0)
+    compute = dict.fromkeys(p.workers, 0.0)
+    received = dict.fromkeys(p.workers, 0.0)
     for k, inputs in deps.items():
-        expected[at[k]] += 2.0 if k.startswith("r") else 1.0
-        for w in {at[d] for d in inputs} - {at[k]}:  # each output sent once to w
-            expected[at[k]] += sum(10.0 for d in inputs if at[d] == w) / 4.0
+        compute[at[k]] += 2.0 if k.startswith("r") else 1.0
+        # each output sent once
+        received[at[k]] += len({d for d in inputs if at[d] != at[k]}) * 10.0 / bandwidth
+    assert any(received.values()), "the case must send something"
+    expected = {w: max(compute[w], received[w]) for w in p.workers}
     assert dict(zip(p.workers, p.finish)) == pytest.approx(expected)
 
 
