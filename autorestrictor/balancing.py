@@ -98,8 +98,11 @@ def _rebalance(scheduler, st: State, running: list) -> bool:
     for mv in moves:
         units = gives[mv.donor][mv.start : mv.start + mv.count]
         move(scheduler, st, units, mv.donor, mv.thief)
+        # what the cut sends (known sizes only), as the plan predicts its own
+        seams = runs[mv.donor].seams
+        sent = float(seams[mv.start]) * intake.bandwidth(scheduler) if seams else 0.0
         records.move_record(scheduler, st, mv.donor, mv.thief, sum(len(u.keys) for u in units),
-                            len(units), mv.seconds, slowdown.get(mv.donor, 1.0))
+                            len(units), mv.seconds, slowdown.get(mv.donor, 1.0), sent)
     return bool(moves)
 
 

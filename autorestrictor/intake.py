@@ -463,6 +463,10 @@ def seam_inputs(scheduler, addr: str, units: list[Unit], learned: Learned) -> di
         n = sum(1 for d in ts.dependents if d.key not in inside and stays(d))
         if n:
             readers[k] = n
-    bandwidth = float(getattr(scheduler, "bandwidth", 100e6)) or 100e6
     return {"units": keys, "dependencies": dependencies, "readers_staying": readers,
-            "stays": staying, "nbytes": nbytes, "bandwidth": bandwidth}
+            "stays": staying, "nbytes": nbytes, "bandwidth": bandwidth(scheduler)}
+
+
+def bandwidth(scheduler) -> float:
+    """Bytes per second between workers, as the scheduler measures them."""
+    return float(getattr(scheduler, "bandwidth", 100e6)) or 100e6

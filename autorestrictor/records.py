@@ -39,11 +39,13 @@ def plan_record(scheduler, st: State, record: dict, start: float,
 
 
 def move_record(scheduler, st: State, donor: str, thief: str, tasks: int, units: int,
-                seconds: float, slowdown: float) -> None:
-    """Keep, publish and log a rebalancing move."""
+                seconds: float, slowdown: float, predicted_bytes: float = 0.0) -> None:
+    """Keep, publish and log a rebalancing move (``predicted_bytes``: what its
+    cut is expected to send between the two, of the sizes known)."""
     msg = {
         "action": "rebalance", "from": donor, "to": thief, "tasks": tasks,
         "units": units, "seconds": round(seconds, 3),
+        "predicted_bytes": int(predicted_bytes),
         "why": f"{thief} ran out of unstarted work; {donor} would finish last "
                f"(its tasks take {slowdown:.2f}x the median worker's)",
         "time": time(),

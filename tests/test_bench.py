@@ -311,6 +311,11 @@ def test_plan_summary_sums_the_applied_plans(monkeypatch):
     monkeypatch.setattr(autorestrictor, "last_plans", lambda client: plans)
     assert bench._plan_summary(None)["predicted_bytes"] == 1_500
     assert bench._plan_summary(None)["predicted_sizes_known"]
+    # a rebalancing move's cut predicts what it sends too
+    monkeypatch.setattr(autorestrictor, "last_rebalances",
+                        lambda client: [{"predicted_bytes": 200}, {"tasks": 3}])
+    assert bench._plan_summary(None)["predicted_bytes"] == 1_700
+    assert bench._plan_summary(None, since=(0, 1))["predicted_bytes"] == 1_500
     plans[2]["sizes"]["assumed"] = 1
     assert not bench._plan_summary(None)["predicted_sizes_known"]
     monkeypatch.setattr(autorestrictor, "last_plans", lambda client: plans[1:2])

@@ -38,6 +38,9 @@ async def test_slow_worker_gives_away_the_far_end_of_its_run(c, s, a, b):
     moves = await autorestrictor.last_rebalances(c)
     assert moves and all(m["to"] == b.address for m in moves), moves
     assert all(m["action"] == "rebalance" and m["tasks"] > 0 and m["why"] for m in moves)
+    # each move says what its cut was expected to send (known sizes only)
+    assert all(isinstance(m["predicted_bytes"], int) and m["predicted_bytes"] >= 0
+               for m in moves)
     # the fast worker ran most of the chunks, not the half the plan gave it
     assert b.state.executed_count >= 1.5 * a.state.executed_count
     assert not s.unrunnable

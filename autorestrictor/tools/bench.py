@@ -582,7 +582,8 @@ def _plan_summary(client, since: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     and the bytes its plans predicted would cross workers; the first
     ``since`` plans and moves (those of a warm-up run) are left out.
 
-    ``predicted_bytes`` sums the applied plans' predictions; it is ``None``
+    ``predicted_bytes`` sums the applied plans' predictions and the moves'
+    (what each move's cut was expected to send); it is ``None``
     when the plugin applied no plan (a graph it left to Dask predicts
     nothing, and 0 would read as a prediction). ``predicted_sizes_known``
     says whether every output size was measured or learned when the plans
@@ -591,18 +592,20 @@ def _plan_summary(client, since: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     import autorestrictor
 
     plans = autorestrictor.last_plans(client)[since[0]:]
+    moves = autorestrictor.last_rebalances(client)[since[1]:]
     applied = [p for p in plans if p.get("reason") is None]
     return {
         "plan_s": float(sum(p["plan_s"] for p in plans)),
         "predicted_bytes": (
-            int(sum(p.get("predicted_bytes", 0) for p in applied)) if applied else None),
+            int(sum(p.get("predicted_bytes", 0) for p in applied)
+                + sum(m.get("predicted_bytes", 0) for m in moves)) if applied else None),
         # every output size measured or learned when its plan was made (an
         # assumed size counts one byte: the prediction is then in outputs)
         "predicted_sizes_known": bool(applied) and all(
             not (p.get("sizes") or {}).get("assumed") for p in applied),
         "plans": len(plans),
         "plan_reasons": sorted({p["reason"] for p in plans if p.get("reason") is not None}),
-        "rebalances": len(autorestrictor.last_rebalances(client)[since[1]:]),
+        "rebalances": len(moves),
     }
 
 
