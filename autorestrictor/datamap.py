@@ -271,6 +271,102 @@ def default_estimate(
     return moved, finish
 
 
+def working_sets(
+    dependencies: Mapping[Key, Iterable[Key]],
+    workers: Mapping[str, int],
+    plan: Plan,
+    *,
+    nbytes: Mapping[Key, float] | None = None,
+    priority: Mapping[Key, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each worker's predicted peak of open results, under ``plan`` and
+    under Dask's default (as :func:`default_estimate` places it), in the
+    order of ``workers``.
+
+    A worker runs its tasks in priority order; all workers are taken to
+    move through their own tasks at the same pace, so a task's time is its
+    place in its worker's order, as a fraction of that worker's tasks. A
+    result is open on its worker from the time its task runs until its
+    last reader has run (a result nothing in the graph reads stays open to
+    the end), and a copy received from another worker from the first of
+    its readers there until the last. Tasks the plan leaves to Dask run
+    where most of their input bytes are. Sizes as in
+    :func:`default_transfer` (unknown: one each, so the peak is in
+    results). O(edges log edges).
+
+    Two chains of two tasks read by one sum, one chain per worker: each
+    worker holds its chain's two results at once, before the first is
+    read; the sum's worker then also holds the other chain's result.
+
+    >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
+    >>> from autorestrictor.planner import plan as make_plan
+    >>> p = make_plan(deps, {"w1": 1, "w2": 1}, min_tasks=1)
+    >>> plan_peak, default_peak = working_sets(deps, {"w1": 1, "w2": 1}, p,
+    ...                                        nbytes=dict.fromkeys(deps, 10))
+    >>> plan_peak.tolist(), default_peak.tolist()
+    ([30.0, 20.0], [30.0, 20.0])
+    """
+    g = build_graph(dependencies)
+    size = node_sizes(g, nbytes)
+    rank = per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
+    n_w = len(workers)
+    where = np.full(g.n, -1, dtype=np.int64)
+    nodes = np.arange(len(plan.keys)) if plan.nodes is None else np.asarray(plan.nodes)
+    where[nodes] = np.asarray(plan.worker_of)
+    _place_by_inputs(g, where, size, n_w, spread=True)
+    default = _default_placement(g, workers, size, priority, spread=True)
+    return (_open_peaks(g, where, rank, size, n_w),
+            _open_peaks(g, default, rank, size, n_w))
+
+
+def _open_peaks(g, where: np.ndarray, rank: np.ndarray, size: np.ndarray,
+                n_w: int) -> np.ndarray:
+    """:func:`working_sets` of one placement (``where`` per node, -1: nowhere)."""
+    placed = np.flatnonzero(where[: g.n_tasks] >= 0)
+    clock = np.full(g.n, np.nan)
+    order = placed[np.lexsort((placed, rank[placed], where[placed]))]
+    w = where[order]
+    starts = np.searchsorted(w, np.arange(n_w + 1))
+    count = np.diff(starts)
+    place = np.arange(len(order)) - starts[w]
+    clock[order] = (place + 1) / count[w]
+    # a result: open from its task to its last reader (the end, if none)
+    e = (where[g.src] >= 0) & (where[g.dst] >= 0) & (g.src < g.n_tasks)
+    src, dst = g.src[e], g.dst[e]
+    last = np.zeros(g.n)
+    np.maximum.at(last, src, clock[dst])
+    end = np.where(np.isin(np.arange(g.n), src), last, 1.0)
+    t0, t1, wk, b = [clock[placed]], [end[placed]], [where[placed]], [size[placed]]
+    # a copy: open on the reader's worker from its first reader there to its last
+    away = where[src] != where[dst]
+    if away.any():
+        pair = src[away] * n_w + where[dst[away]]
+        uniq, inv = np.unique(pair, return_inverse=True)
+        first = np.full(len(uniq), np.inf)
+        final = np.zeros(len(uniq))
+        np.minimum.at(first, inv, clock[dst[away]])
+        np.maximum.at(final, inv, clock[dst[away]])
+        t0.append(first)
+        t1.append(final)
+        wk.append(uniq % n_w)
+        b.append(size[uniq // n_w])
+    t0, t1, wk, b = map(np.concatenate, (t0, t1, wk, b))
+    # a sweep per worker: opened before closed at one time (a task's
+    # inputs are still held when its result appears)
+    t = np.r_[t0, t1]
+    delta = np.r_[b, -b]
+    worker = np.r_[wk, wk]
+    o = np.lexsort((-delta, t, worker))
+    worker = worker[o]
+    level = np.cumsum(delta[o])
+    # each worker's own running total: less what the workers before it held
+    seg = np.flatnonzero(np.r_[True, worker[1:] != worker[:-1]])
+    level -= np.repeat(np.r_[0.0, level][seg], np.diff(np.r_[seg, len(level)]))
+    peak = np.zeros(n_w)
+    np.maximum.at(peak, worker, level)
+    return peak
+
+
 def _default_placement(g, workers: Mapping[str, int], size: np.ndarray,
                        priority: Mapping[Key, float] | None,
                        spread: bool = False) -> np.ndarray:

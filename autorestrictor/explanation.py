@@ -35,6 +35,7 @@ from autorestrictor.datamap import (
     default_estimate,
     legend_html,
     worker_colour,
+    working_sets,
 )
 from autorestrictor.planner import Plan, estimate_sizes, plan
 
@@ -67,6 +68,10 @@ class Explanation:
         ``plan.workers``) finishes under that estimate of Dask's default,
         by the model of time that gives ``plan.finish``
         (:func:`autorestrictor.datamap.default_estimate`).
+    peak, default_peak:
+        Each worker's predicted peak of open results (bytes, or results
+        when no size is known), with the plan and with that estimate of
+        Dask's default (:func:`autorestrictor.datamap.working_sets`).
     """
 
     plan: Plan
@@ -76,6 +81,8 @@ class Explanation:
     source: str
     notes: tuple[str, ...] = ()
     default_finish: tuple[float, ...] | None = None
+    peak: tuple[float, ...] | None = None
+    default_peak: tuple[float, ...] | None = None
 
     @property
     def assignment(self) -> dict:
@@ -116,9 +123,7 @@ class Explanation:
             f"Predicted transfer: {self._amount(self.predicted_bytes)} with the plan, "
             f"about {self._amount(self.default_bytes)} with Dask's default (estimate)."
         )
-        finish = self.finish_line()
-        if finish:
-            lines.append(finish)
+        lines.extend(line for line in (self.finish_line(), self.peak_line()) if line)
         lines.extend(f"Note: {n}" for n in (*self.plan.notes, *self.notes))
         m = self.map
         if m.kind == "chunks" and m.grid.size <= 400:
@@ -143,6 +148,15 @@ class Explanation:
 
         return (f"Predicted seconds per worker: {fmt(self.plan.finish)} with the plan, "
                 f"{fmt(self.default_finish)} with Dask's default (estimate).")
+
+    def peak_line(self) -> str | None:
+        """The largest worker's predicted peak of open results, the plan's
+        and Dask's default's (estimate); ``None`` when the plan pins nothing."""
+        if self.plan.reason is not None or not self.peak or not self.default_peak:
+            return None
+        return (f"Predicted peak of open results on the fullest worker: "
+                f"{self._amount(max(self.peak))} with the plan, "
+                f"{self._amount(max(self.default_peak))} with Dask's default (estimate).")
 
     def _repr_html_(self) -> str:
         return to_html(self)
@@ -232,9 +246,12 @@ def explain(
         inputs["dependencies"], view["workers"], bandwidth=given["bandwidth"],
         nbytes=given["nbytes"], priority=given["priority"], cost=given["cost"],
     )
+    peak, default_peak = working_sets(inputs["dependencies"], view["workers"], p,
+                                      nbytes=given["nbytes"], priority=given["priority"])
     return Explanation(plan=p, map=data_map(p), default_bytes=default,
                        sizes=inputs["sizes"], source=source, notes=notes,
-                       default_finish=tuple(finish.tolist()))
+                       default_finish=tuple(finish.tolist()),
+                       peak=tuple(peak.tolist()), default_peak=tuple(default_peak.tolist()))
 
 
 def _graph(obj: Any) -> tuple[dict, dict]:
@@ -400,9 +417,9 @@ def to_html(e: Explanation) -> str:
                   "coloured by worker:</p>", _svg_runs(m)]
     parts.append(legend_html(m))
     parts.append(_svg_bytes(e))
-    finish = e.finish_line()
-    if finish:
-        parts.append(f"<p style='margin: 4px 0'>{html.escape(finish)}</p>")
+    for line in (e.finish_line(), e.peak_line()):
+        if line:
+            parts.append(f"<p style='margin: 4px 0'>{html.escape(line)}</p>")
     notes = [*p.notes, *e.notes]
     if not e.sizes_known:
         notes.append("no output size is known yet (nothing of these kinds ran on this "

@@ -55,6 +55,9 @@ def test_explain_seed_example_shows_the_chunk_map():
     # it is not later either: what the plan saves here is bytes.)
     assert len(e.default_finish) == 4 and max(e.default_finish) >= max(e.plan.finish)
     assert "Predicted seconds per worker" in repr(e)
+    # and each worker's peak of open results, in task outputs (no size known)
+    assert len(e.peak) == len(e.default_peak) == 4 and min(e.peak) >= 1
+    assert "Predicted peak of open results on the fullest worker" in repr(e)
     html = e._repr_html_()
     assert "<svg" in html and "worker-3" in html
     for i in range(4):  # the four workers' colours fill the map
@@ -219,3 +222,28 @@ def test_default_estimate_spreads_tied_sums_over_the_workers():
     assert finish.tolist() == [10.0, 10.0]
     with pytest.raises(ValueError, match="bandwidth must be a positive number"):
         default_estimate(deps, {"a": 1}, bandwidth=0)
+
+
+def test_working_sets_hold_each_result_until_its_last_reader():
+    """Two sums of four chunks, one per worker: each worker holds its four
+    chunks until its sum runs, then the sum; the final add (left to Dask)
+    holds its two inputs, one of them a copy from the other worker."""
+    from autorestrictor.datamap import working_sets
+
+    deps = {f"r{i}": [] for i in range(8)}
+    deps.update(a=[f"r{i}" for i in range(4)], b=[f"r{i}" for i in range(4, 8)], c=["a", "b"])
+    run = ["r0", "r1", "r2", "r3", "a", "r4", "r5", "r6", "r7", "b", "c"]
+    priority = {k: i for i, k in enumerate(run)}
+    workers = {"w0": 1, "w1": 1}
+    p = plan(deps, workers, min_tasks=1, priority=priority)
+    assert {p.assignment[f"r{i}"] for i in range(4)} == {p.assignment["a"]} != {p.assignment["b"]}
+    peak, default_peak = working_sets(deps, workers, p, nbytes=dict.fromkeys(deps, 10),
+                                      priority=priority)
+    assert peak.tolist() == [50.0, 50.0]  # four chunks and their sum
+    # a chunk read by nothing stays open to the end: one more on its worker
+    deps["r8"] = []
+    priority["r8"] = -1
+    p = plan(deps, workers, min_tasks=1, priority=priority)
+    peak, _ = working_sets(deps, workers, p, nbytes=dict.fromkeys(deps, 10), priority=priority)
+    assert sorted(peak.tolist()) == [50.0, 60.0]
+    assert len(default_peak) == 2 and min(default_peak) >= 30.0
