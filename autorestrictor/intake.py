@@ -172,12 +172,15 @@ def _read_outside(tasks, dependencies: dict, who_has: dict, nbytes: dict,
 def _per_key(order: list, kind_of: np.ndarray, shapes: list, learned: Learned) -> dict:
     """``key -> bytes`` learned for the task at the same position (its key's
     indices) in its shape; looked at only in shapes that have them."""
-    out = {}
-    for i, shape in enumerate(shapes):
-        sizes = learned.position_sizes(shape)
-        if not sizes:
-            continue
-        for j in np.flatnonzero(kind_of == i).tolist():
+    out: dict = {}
+    having = [i for i, shape in enumerate(shapes) if learned.position_sizes(shape)]
+    if not having:
+        return out
+    by_kind = np.argsort(kind_of, kind="stable")
+    bounds = np.searchsorted(kind_of[by_kind], np.arange(len(shapes) + 1))
+    for i in having:
+        sizes = learned.position_sizes(shapes[i])
+        for j in by_kind[bounds[i]:bounds[i + 1]].tolist():
             key = order[j]
             size = sizes.get(key[1:]) if type(key) is tuple else None
             if size is not None:
