@@ -1057,7 +1057,8 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
 
     Each worker takes items until it reaches its share of what is left; it
     takes one more item only if that keeps it within ``1 + tolerance`` of its
-    share and brings it closer to the share than stopping short would.
+    share and brings it closer to the share than stopping short would, and
+    takes none when the next is more than twice its share.
     Shares are recomputed at each change of worker, so an early overshoot is
     absorbed by the rest. Small items are dealt in one
     vectorised pass: each goes to the worker whose share its midpoint falls in.
@@ -1092,8 +1093,13 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
     cap = capacity[0]
     loads = load.tolist()
     for i, x in enumerate(loads):
+        # A worker moves on when it is full, when one more item would take
+        # it further past its share than stopping short, or, still empty,
+        # when the item is more than twice its share (a worker busy with an
+        # earlier graph is better left with nothing than with a whole chain).
         while cur < last and (
             cap <= 0 or (filled > 0 and _better_without(filled, x, cap, tolerance))
+            or (filled == 0 and x > 2 * cap)
         ):
             left -= filled
             cur, filled = cur + 1, 0.0

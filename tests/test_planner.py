@@ -802,3 +802,20 @@ def test_a_block_of_q_stays_with_the_product_that_reads_it():
     at = p.assignment
     assert p.reason is None and len(set(at.values())) == 4
     assert all(at[f"dot{i}"] == at[f"q1-{i}"] == at[f"x{i}"] for i in range(24))
+
+
+def test_chains_go_to_idle_workers_not_to_ones_busy_with_an_earlier_graph():
+    """Two chains on four workers, two of them busy with a third of a chain
+    each: the idle two take the chains (a whole chain on a busy worker
+    would finish it a third later)."""
+    deps = {}
+    for c in range(2):
+        deps[f"c{c}-0"] = []
+        deps.update({f"c{c}-{i}": [f"c{c}-{i - 1}"] for i in range(1, 60)})
+    deps["end"] = ["c0-59", "c1-59"]
+    cost = dict.fromkeys(deps, 1.0)
+    p = plan(deps, W4, min_tasks=1, cost=cost, busy={"w0": 20.0, "w1": 20.0})
+    assert {p.assignment["c0-0"], p.assignment["c1-0"]} == {"w2", "w3"}, p.load
+    # busy with a whole chain's worth or more: the same
+    p = plan(deps, W4, min_tasks=1, cost=cost, busy={"w0": 60.0, "w1": 60.0})
+    assert {p.assignment["c0-0"], p.assignment["c1-0"]} == {"w2", "w3"}, p.load
