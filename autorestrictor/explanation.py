@@ -302,7 +302,7 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
     return {
         "installed": False, "options": {}, "workers": workers, "busy": {}, "learned": {},
         "expected": dict.fromkeys(prefixes, float(unknown)), "shape_seconds": {},
-        "positions": {},
+        "positions": {}, "position_seconds": {},
         "who_has": {}, "nbytes": {},
         "bandwidth": float(bandwidth),
     }
@@ -335,6 +335,7 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=(), shapes=()) -> dict:
         "learned": learned.sizes(),
         "expected": expected, "shape_seconds": learned.shape_seconds(),
         "positions": {shape: learned.position_sizes(shape) for shape in shapes},
+        "position_seconds": {shape: learned.position_times(shape) for shape in shapes},
         "who_has": who_has, "nbytes": nbytes,
         "bandwidth": float(s.bandwidth),
     }
@@ -370,12 +371,14 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: di
         opted_out.get(k, True) is False or k in restricted)]
     p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
     learned, seconds, expected = view["learned"], view["shape_seconds"], view["expected"]
-    positions = view["positions"]
-    per_key = {}
+    per_key, cost = {}, {}
     for k in keys:
-        size = positions.get(shapes[k], {}).get(k[1:]) if type(k) is tuple else None
+        at = k[1:] if type(k) is tuple else None
+        size = view["positions"].get(shapes[k], {}).get(at)
         if size is not None:
             per_key[k] = size
+        cost[k] = view["position_seconds"].get(shapes[k], {}).get(
+            at, seconds.get(shapes[k], expected[prefixes[k]]))
     sizes = estimate_sizes(view["nbytes"], {
         k: shapes[k] if shapes[k] in learned else prefixes[k] for k in keys}, learned, per_key)
     return {
@@ -383,7 +386,7 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: di
         "sizes": sizes.counts(),
         "plan": {
             "nbytes": sizes.nbytes, "priority": priority, "who_has": who_has, "skip": skip,
-            "cost": {k: seconds.get(shapes[k], expected[prefixes[k]]) for k in keys},
+            "cost": cost,
             "busy": view["busy"], "placed_at_run_time": p2p, "bandwidth": view["bandwidth"],
         },
     }
