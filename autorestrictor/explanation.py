@@ -302,7 +302,7 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
     return {
         "installed": False, "options": {}, "workers": workers, "busy": {}, "learned": {},
         "expected": dict.fromkeys(prefixes, float(unknown)), "shape_seconds": {},
-        "positions": {}, "position_seconds": {},
+        "positions": {},
         "who_has": {}, "nbytes": {},
         "bandwidth": float(bandwidth),
     }
@@ -335,7 +335,6 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=(), shapes=()) -> dict:
         "learned": learned.sizes(),
         "expected": expected, "shape_seconds": learned.shape_seconds(),
         "positions": {shape: learned.position_sizes(shape) for shape in shapes},
-        "position_seconds": {shape: learned.position_times(shape) for shape in shapes},
         "who_has": who_has, "nbytes": nbytes,
         "bandwidth": float(s.bandwidth),
     }
@@ -371,14 +370,12 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: di
         opted_out.get(k, True) is False or k in restricted)]
     p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
     learned, seconds, expected = view["learned"], view["shape_seconds"], view["expected"]
-    per_key, cost = {}, {}
+    positions = view["positions"]
+    per_key = {}
     for k in keys:
-        at = k[1:] if type(k) is tuple else None
-        size = view["positions"].get(shapes[k], {}).get(at)
+        size = positions.get(shapes[k], {}).get(k[1:]) if type(k) is tuple else None
         if size is not None:
             per_key[k] = size
-        cost[k] = view["position_seconds"].get(shapes[k], {}).get(
-            at, seconds.get(shapes[k], expected[prefixes[k]]))
     sizes = estimate_sizes(view["nbytes"], {
         k: shapes[k] if shapes[k] in learned else prefixes[k] for k in keys}, learned, per_key)
     return {
@@ -386,7 +383,7 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: di
         "sizes": sizes.counts(),
         "plan": {
             "nbytes": sizes.nbytes, "priority": priority, "who_has": who_has, "skip": skip,
-            "cost": cost,
+            "cost": {k: seconds.get(shapes[k], expected[prefixes[k]]) for k in keys},
             "busy": view["busy"], "placed_at_run_time": p2p, "bandwidth": view["bandwidth"],
         },
     }

@@ -138,18 +138,12 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
     workers = running_workers(scheduler)
     kind_of = np.array(kind_of, dtype=np.intp)
     names = [name for name, _, _ in kinds]
-    shapes = [shape for _, _, shape in kinds]
-    learned = state.learned
-    sizes = _sizes(order, names, kind_of, nbytes, learned.sizes(),
-                   _per_key(order, kind_of, shapes, learned.position_sizes))
-    cost = np.array([sec for _, sec, _ in kinds], dtype=np.float64)[kind_of]
-    seconds = _per_key(order, kind_of, shapes, learned.position_times, positions=True)
-    if seconds:
-        cost[list(seconds)] = list(seconds.values())
+    sizes = _sizes(order, names, kind_of, nbytes, state.learned.sizes(),
+                   _per_key(order, kind_of, [shape for _, _, shape in kinds], state.learned))
     return GraphInputs(
         dependencies=dependencies, workers=workers, nbytes=sizes.nbytes,
         priority=np.array(priority, dtype=np.float64), who_has=who_has, skip=skip,
-        cost=cost,
+        cost=np.array([sec for _, sec, _ in kinds], dtype=np.float64)[kind_of],
         busy=busy(state, workers, unknown),
         placed_at_run_time=p2p, bandwidth=float(scheduler.bandwidth), sizes=sizes,
         tasks=tss,
@@ -175,25 +169,22 @@ def _read_outside(tasks, dependencies: dict, who_has: dict, nbytes: dict,
                 who_has[key] = where
 
 
-def _per_key(order: list, kind_of: np.ndarray, shapes: list, learned_at,
-             positions: bool = False) -> dict:
-    """``key -> value`` learned for the task at the same place (its key's
-    indices) in its shape, ``learned_at(shape)`` giving them per place;
-    looked at only in shapes that have them. Keyed by the task's position
-    in ``order`` instead with ``positions``."""
+def _per_key(order: list, kind_of: np.ndarray, shapes: list, learned: Learned) -> dict:
+    """``key -> bytes`` learned for the task at the same position (its key's
+    indices) in its shape; looked at only in shapes that have them."""
     out: dict = {}
-    having = [i for i, shape in enumerate(shapes) if learned_at(shape)]
+    having = [i for i, shape in enumerate(shapes) if learned.position_sizes(shape)]
     if not having:
         return out
     by_kind = np.argsort(kind_of, kind="stable")
     bounds = np.searchsorted(kind_of[by_kind], np.arange(len(shapes) + 1))
     for i in having:
-        values = learned_at(shapes[i])
+        sizes = learned.position_sizes(shapes[i])
         for j in by_kind[bounds[i]:bounds[i + 1]].tolist():
             key = order[j]
-            value = values.get(key[1:]) if type(key) is tuple else None
-            if value is not None:
-                out[j if positions else key] = value
+            size = sizes.get(key[1:]) if type(key) is tuple else None
+            if size is not None:
+                out[key] = size
     return out
 
 

@@ -107,10 +107,9 @@ class Learned:
     #: MAX_SHAPES of each
     shape_nbytes: dict[str, Mean] = dataclasses.field(default_factory=dict)
     shape_duration: dict[str, Mean] = dataclasses.field(default_factory=dict)
-    #: output bytes and compute seconds per shape and position (the
-    #: indices of a task's key), at most MAX_POSITIONS positions in all
+    #: output bytes per shape and position (the indices of a task's key),
+    #: at most MAX_POSITIONS in all
     position_nbytes: dict[str, dict[tuple, float]] = dataclasses.field(default_factory=dict)
-    position_seconds: dict[str, dict[tuple, float]] = dataclasses.field(default_factory=dict)
     n_positions: int = 0
 
     def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None,
@@ -124,41 +123,30 @@ class Learned:
             if shape is not None:
                 _add_bounded(self.shape_nbytes, shape, nbytes)
                 if position is not None:
-                    self._remember_position(shape, position, nbytes, seconds)
+                    self._remember_position(shape, position, nbytes)
         self.duration.setdefault(kind, Mean()).add(seconds, KIND_WINDOW)
         if shape is not None:
             _add_bounded(self.shape_duration, shape, seconds)
         self.pace.setdefault((worker, kind), Mean()).add(seconds, PACE_WINDOW)
 
-    def _remember_position(self, shape: str, position: tuple, nbytes: int,
-                           seconds: float) -> None:
+    def _remember_position(self, shape: str, position: tuple, nbytes: int) -> None:
         sizes = self.position_nbytes.get(shape)
         if sizes is not None and position in sizes:
             sizes[position] = float(nbytes)
-            times = self.position_seconds[shape]
-            times[position] = (times[position] + seconds) / 2  # timings are noisy
             return
         while self.n_positions >= MAX_POSITIONS:
             oldest = next(iter(self.position_nbytes))
             if oldest == shape:
                 return  # one shape past the bound: its other positions go unlearned
             self.n_positions -= len(self.position_nbytes.pop(oldest))
-            del self.position_seconds[oldest]
         if sizes is None:
             sizes = self.position_nbytes[shape] = {}
-            self.position_seconds[shape] = {}
         sizes[position] = float(nbytes)
-        self.position_seconds[shape][position] = float(seconds)
         self.n_positions += 1
 
     def position_sizes(self, shape: str | None) -> dict[tuple, float]:
         """Learned output bytes per position in ``shape`` (empty if none)."""
         return self.position_nbytes.get(shape, {}) if shape is not None else {}
-
-    def position_times(self, shape: str | None) -> dict[tuple, float]:
-        """Learned compute seconds per position in ``shape`` (empty if none;
-        the mean of the last two at each)."""
-        return self.position_seconds.get(shape, {}) if shape is not None else {}
 
     def forget_worker(self, worker: str) -> None:
         for key in [k for k in self.pace if k[0] == worker]:

@@ -97,16 +97,12 @@ def test_sizes_per_position_are_kept_within_a_bound_oldest_shape_first():
     learned.observe("getitem", "a", 1.0, 4000, shape="s[3]", position=(0, 1))
     assert learned.position_sizes("s[3]") == {(0, 0): 400.0, (0, 1): 4000.0}
     assert learned.position_sizes("t[3]") == {} == learned.position_sizes(None)
-    # seconds too, each the mean of its last two (timings are noisy)
-    learned.observe("getitem", "a", 3.0, 400, shape="s[3]", position=(0, 0))
-    assert learned.position_times("s[3]") == {(0, 0): 2.0, (0, 1): 1.0}
     per_shape = learning.MAX_POSITIONS // 4
     for n in range(5):
         for i in range(per_shape):
             learned.observe("x", "a", 1.0, i, shape=f"x[{n}]", position=(i,))
     assert learned.n_positions <= learning.MAX_POSITIONS
     assert learned.n_positions == sum(map(len, learned.position_nbytes.values()))
-    assert learned.position_seconds.keys() == learned.position_nbytes.keys()
     assert not learned.position_sizes("s[3]") and not learned.position_sizes("x[0]")
     assert learned.position_sizes("x[4]")[(7,)] == 7.0
     for i in range(learning.MAX_POSITIONS + 10):  # one shape larger than the bound
