@@ -20,6 +20,7 @@ import html
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -227,6 +228,15 @@ def default_transfer(
     return predicted_transfer(g, where, np.full(g.n, -1, dtype=np.int64), size)
 
 
+class Estimate(NamedTuple):
+    """What :func:`default_estimate` predicts, per worker in the order given."""
+
+    bytes: float  #: moved between workers under Dask's default (:func:`default_transfer`)
+    finish: np.ndarray  #: seconds until each worker finishes, under Dask's default
+    peak: np.ndarray  #: each worker's peak of open results, under Dask's default
+    plan_peak: np.ndarray | None  #: the same under the plan given, if one was
+
+
 def default_estimate(
     dependencies: Mapping[Key, Iterable[Key]],
     workers: Mapping[str, int],
@@ -235,21 +245,44 @@ def default_estimate(
     nbytes: Mapping[Key, float] | None = None,
     priority: Mapping[Key, float] | None = None,
     cost: Mapping[Key, float] | None = None,
-) -> tuple[float, np.ndarray]:
-    """:func:`default_transfer`, and the predicted seconds until each worker
-    (in the order of ``workers``) finishes under Dask's default, by the
-    plan's own model of time (:func:`autorestrictor.planner.predicted_finish`):
-    compute over threads, or the seconds to receive what a worker reads from
-    the others if longer. The graph is read once for both.
+    plan: Plan | None = None,
+) -> Estimate:
+    """What Dask's default placement of a graph moves (:func:`default_transfer`),
+    when each worker finishes and the most each holds at once; the last
+    also under ``plan``, if given. The graph is read once for all.
+
+    *Finish*: by the plan's own model of time
+    (:func:`autorestrictor.planner.predicted_finish`), compute over
+    threads, or the seconds to receive what a worker reads from the others
+    if longer.
+
+    *Peak of open results*: a worker runs its tasks in priority order; all
+    workers are taken to move through their own tasks at the same pace, so
+    a task's time is its place in its worker's order, as a fraction of that
+    worker's tasks. A result is open on its worker from the time its task
+    runs until its last reader has run (a result nothing in the graph reads
+    stays open to the end), and a copy received from another worker from
+    the first of its readers there until the last. Tasks the plan leaves to
+    Dask run where most of their input bytes are. Sizes as in
+    :func:`default_transfer` (unknown: one each, so the peak is in results).
 
     Two chains read by one sum, a second per task and five per result
     sent: one worker runs a chain and the sum (three seconds) and receives
-    the other chain's result meanwhile, which takes longer.
+    the other chain's result meanwhile, which takes longer. With each
+    chain on its own worker, the sum's worker holds its chain's two
+    results before the first is read, then the sum and the other chain's
+    result as well.
 
+    >>> from autorestrictor.planner import plan as make_plan
     >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
-    >>> default_estimate(deps, {"w1": 1, "w2": 1}, bandwidth=2.0,
-    ...                  nbytes=dict.fromkeys(deps, 10), cost=dict.fromkeys(deps, 1.0))
-    (10.0, array([5., 2.]))
+    >>> workers = {"w1": 1, "w2": 1}
+    >>> e = default_estimate(deps, workers, bandwidth=2.0, nbytes=dict.fromkeys(deps, 10),
+    ...                      cost=dict.fromkeys(deps, 1.0),
+    ...                      plan=make_plan(deps, workers, min_tasks=1))
+    >>> e.bytes, e.finish.tolist(), e.peak.tolist(), e.plan_peak.tolist()
+    (10.0, [5.0, 2.0], [30.0, 20.0], [30.0, 20.0])
+
+    Complexity: O(edges log edges).
     """
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be a positive number of bytes per second, "
@@ -268,60 +301,21 @@ def default_estimate(
         cost=per_node(g, cost, default=1.0, name="cost"), busy=np.zeros(len(threads)),
         threads=threads, bandwidth=bandwidth,
     )
-    return moved, finish
-
-
-def working_sets(
-    dependencies: Mapping[Key, Iterable[Key]],
-    workers: Mapping[str, int],
-    plan: Plan,
-    *,
-    nbytes: Mapping[Key, float] | None = None,
-    priority: Mapping[Key, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each worker's predicted peak of open results, under ``plan`` and
-    under Dask's default (as :func:`default_estimate` places it), in the
-    order of ``workers``.
-
-    A worker runs its tasks in priority order; all workers are taken to
-    move through their own tasks at the same pace, so a task's time is its
-    place in its worker's order, as a fraction of that worker's tasks. A
-    result is open on its worker from the time its task runs until its
-    last reader has run (a result nothing in the graph reads stays open to
-    the end), and a copy received from another worker from the first of
-    its readers there until the last. Tasks the plan leaves to Dask run
-    where most of their input bytes are. Sizes as in
-    :func:`default_transfer` (unknown: one each, so the peak is in
-    results). O(edges log edges).
-
-    Two chains of two tasks read by one sum, one chain per worker: each
-    worker holds its chain's two results at once, before the first is
-    read; the sum's worker then also holds the other chain's result.
-
-    >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
-    >>> from autorestrictor.planner import plan as make_plan
-    >>> p = make_plan(deps, {"w1": 1, "w2": 1}, min_tasks=1)
-    >>> plan_peak, default_peak = working_sets(deps, {"w1": 1, "w2": 1}, p,
-    ...                                        nbytes=dict.fromkeys(deps, 10))
-    >>> plan_peak.tolist(), default_peak.tolist()
-    ([30.0, 20.0], [30.0, 20.0])
-    """
-    g = build_graph(dependencies)
-    size = node_sizes(g, nbytes)
     rank = per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
-    n_w = len(workers)
-    where = np.full(g.n, -1, dtype=np.int64)
-    nodes = np.arange(len(plan.keys)) if plan.nodes is None else np.asarray(plan.nodes)
-    where[nodes] = np.asarray(plan.worker_of)
-    _place_by_inputs(g, where, size, n_w, spread=True)
-    default = _default_placement(g, workers, size, priority, spread=True)
-    return (_open_peaks(g, where, rank, size, n_w),
-            _open_peaks(g, default, rank, size, n_w))
+    plan_peak = None
+    if plan is not None:
+        planned = np.full(g.n, -1, dtype=np.int64)
+        nodes = np.arange(len(plan.keys)) if plan.nodes is None else np.asarray(plan.nodes)
+        planned[nodes] = np.asarray(plan.worker_of)
+        _place_by_inputs(g, planned, size, len(workers), spread=True)
+        plan_peak = _open_peaks(g, planned, rank, size, len(workers))
+    return Estimate(moved, finish, _open_peaks(g, where, rank, size, len(workers)), plan_peak)
 
 
 def _open_peaks(g, where: np.ndarray, rank: np.ndarray, size: np.ndarray,
                 n_w: int) -> np.ndarray:
-    """:func:`working_sets` of one placement (``where`` per node, -1: nowhere)."""
+    """Each worker's peak of open results under one placement (``where``
+    per node, -1: nowhere), as :func:`default_estimate` predicts it."""
     placed = np.flatnonzero(where[: g.n_tasks] >= 0)
     clock = np.full(g.n, np.nan)
     order = placed[np.lexsort((placed, rank[placed], where[placed]))]

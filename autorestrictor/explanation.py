@@ -35,7 +35,6 @@ from autorestrictor.datamap import (
     default_estimate,
     legend_html,
     worker_colour,
-    working_sets,
 )
 from autorestrictor.planner import Plan, estimate_sizes, plan
 
@@ -71,7 +70,7 @@ class Explanation:
     peak, default_peak:
         Each worker's predicted peak of open results (bytes, or results
         when no size is known), with the plan and with that estimate of
-        Dask's default (:func:`autorestrictor.datamap.working_sets`).
+        Dask's default (:func:`autorestrictor.datamap.default_estimate`).
     """
 
     plan: Plan
@@ -242,16 +241,15 @@ def explain(
     p = plan(inputs["dependencies"], view["workers"], **inputs["plan"], **opts)
     p = dataclasses.replace(p, sizes=inputs["sizes"])
     given = inputs["plan"]
-    default, finish = default_estimate(
+    default = default_estimate(
         inputs["dependencies"], view["workers"], bandwidth=given["bandwidth"],
-        nbytes=given["nbytes"], priority=given["priority"], cost=given["cost"],
+        nbytes=given["nbytes"], priority=given["priority"], cost=given["cost"], plan=p,
     )
-    peak, default_peak = working_sets(inputs["dependencies"], view["workers"], p,
-                                      nbytes=given["nbytes"], priority=given["priority"])
-    return Explanation(plan=p, map=data_map(p), default_bytes=default,
+    return Explanation(plan=p, map=data_map(p), default_bytes=default.bytes,
                        sizes=inputs["sizes"], source=source, notes=notes,
-                       default_finish=tuple(finish.tolist()),
-                       peak=tuple(peak.tolist()), default_peak=tuple(default_peak.tolist()))
+                       default_finish=tuple(default.finish.tolist()),
+                       peak=tuple(default.plan_peak.tolist()),
+                       default_peak=tuple(default.peak.tolist()))
 
 
 def _graph(obj: Any) -> tuple[dict, dict]:

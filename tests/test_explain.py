@@ -214,8 +214,10 @@ def test_default_estimate_spreads_tied_sums_over_the_workers():
     deps = {("r", i): [] for i in range(8)}
     deps.update({("s", i): [("r", 2 * i), ("r", 2 * i + 1)] for i in range(4)})
     priority = {k: n for n, k in enumerate(deps)}
-    moved, finish = default_estimate(deps, {"a": 1, "b": 1}, bandwidth=1.0, priority=priority,
-                                     nbytes=dict.fromkeys(deps, 5), cost=dict.fromkeys(deps, 1.0))
+    moved, finish, _, plan_peak = default_estimate(
+        deps, {"a": 1, "b": 1}, bandwidth=1.0, priority=priority,
+        nbytes=dict.fromkeys(deps, 5), cost=dict.fromkeys(deps, 1.0))
+    assert plan_peak is None  # no plan given
     assert moved == 20.0  # the bytes, as default_transfer counts them
     # each receives two inputs of 5 s (longer than its 4 + 2 s of compute);
     # all four sums on "a" would have it receive four: [20, 4]
@@ -224,12 +226,10 @@ def test_default_estimate_spreads_tied_sums_over_the_workers():
         default_estimate(deps, {"a": 1}, bandwidth=0)
 
 
-def test_working_sets_hold_each_result_until_its_last_reader():
+def test_open_results_are_held_until_their_last_reader():
     """Two sums of four chunks, one per worker: each worker holds its four
     chunks until its sum runs, then the sum; the final add (left to Dask)
     holds its two inputs, one of them a copy from the other worker."""
-    from autorestrictor.datamap import working_sets
-
     deps = {f"r{i}": [] for i in range(8)}
     deps.update(a=[f"r{i}" for i in range(4)], b=[f"r{i}" for i in range(4, 8)], c=["a", "b"])
     run = ["r0", "r1", "r2", "r3", "a", "r4", "r5", "r6", "r7", "b", "c"]
@@ -237,13 +237,15 @@ def test_working_sets_hold_each_result_until_its_last_reader():
     workers = {"w0": 1, "w1": 1}
     p = plan(deps, workers, min_tasks=1, priority=priority)
     assert {p.assignment[f"r{i}"] for i in range(4)} == {p.assignment["a"]} != {p.assignment["b"]}
-    peak, default_peak = working_sets(deps, workers, p, nbytes=dict.fromkeys(deps, 10),
-                                      priority=priority)
+    e = default_estimate(deps, workers, bandwidth=1.0, nbytes=dict.fromkeys(deps, 10),
+                         priority=priority, plan=p)
+    peak, default_peak = e.plan_peak, e.peak
     assert peak.tolist() == [50.0, 50.0]  # four chunks and their sum
     # a chunk read by nothing stays open to the end: one more on its worker
     deps["r8"] = []
     priority["r8"] = -1
     p = plan(deps, workers, min_tasks=1, priority=priority)
-    peak, _ = working_sets(deps, workers, p, nbytes=dict.fromkeys(deps, 10), priority=priority)
+    peak = default_estimate(deps, workers, bandwidth=1.0, nbytes=dict.fromkeys(deps, 10),
+                            priority=priority, plan=p).plan_peak
     assert sorted(peak.tolist()) == [50.0, 60.0]
     assert len(default_peak) == 2 and min(default_peak) >= 30.0
