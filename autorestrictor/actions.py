@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from time import time
 
+from autorestrictor.admission import worth_holding
 from autorestrictor.state import HOLD, PENDING, Queues
 
 
 def pin_plan(tss: list, worker_of: list[int], workers: list[str],
-             admission: bool, is_rootish=None) -> list[list]:
+             admission: bool, is_rootish, max_readers: int) -> list[list]:
     """Pin each task of ``tss`` to ``workers[worker_of[i]]``; hold roots for admission.
 
     All or nothing: a failure undoes what was done, and re-raises. Returns
@@ -26,7 +27,10 @@ def pin_plan(tss: list, worker_of: list[int], workers: list[str],
     to queue.
 
     Hold what Dask's queue would hold: roots, and tasks of a large group with
-    few inputs (seven tasks reading one small task). Root-ishness is asked
+    few inputs (seven tasks reading one small task), unless it is read too
+    widely for holding it to save memory
+    (:func:`autorestrictor.admission.worth_holding`, ``max_readers``).
+    Root-ishness is asked
     (``is_rootish``, the scheduler's own test) before the pin is set (a
     pinned task is not root-ish to Dask), once per task group, as Dask
     decides it. The tasks are those the plan was read from, in plan order:
@@ -47,7 +51,8 @@ def pin_plan(tss: list, worker_of: list[int], workers: list[str],
 
     try:
         for ts, w in zip(tss, worker_of):
-            if admission and (not ts.dependencies or rootish(ts)):
+            if admission and (not ts.dependencies or rootish(ts)) \
+                    and worth_holding(ts, max_readers):
                 ts.worker_restrictions = hold
                 held[w].append(ts)
             else:

@@ -32,6 +32,37 @@ WANTED_SCAN = 64
 WANTED_MISSING = 2
 
 
+def worth_holding(ts, max_readers: int) -> bool:
+    """Whether a pinned root ``ts`` is held for admission.
+
+    Holding a root back keeps its output out of memory until its worker
+    has a free thread. A root read by ``max_readers`` tasks or more
+    (counted through the one task that reads it, when it has one: a cast,
+    a random array's generator) gains nothing from it: its output stays in
+    memory until the last of those readers has run, whenever it runs. And
+    while it waits, its worker runs whatever its other roots made ready:
+    in a product ``x @ x.T``, every block pairs with every other, so a
+    worker fed its blocks a few at a time computes the partial products
+    of each block that arrived, and holds them until the blocks their sums
+    also need arrive. Sent at once, such roots run in Dask's priority
+    order on their worker, interleaved with their readers.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace as T
+    >>> cast = T(dependents=[T(dependents=[]) for _ in range(10)])
+    >>> worth_holding(T(dependents=[cast]), max_readers=8)  # ten readers through a cast
+    False
+    >>> worth_holding(T(dependents=[cast, cast]), max_readers=8)  # two readers
+    True
+    """
+    readers = ts.dependents
+    if len(readers) == 1:
+        (only,) = readers
+        readers = only.dependents
+    return len(readers) < max_readers
+
+
 class Status(Enum):
     """What a held root's task is doing now."""
 

@@ -41,6 +41,7 @@ class Options:
     balanced_tolerance: float
     max_cut_fraction: float
     admission: bool
+    admission_max_readers: int
     rebalance: bool
     rebalance_min_gain: float
     rebalance_min_left: float

@@ -131,7 +131,8 @@ def apply_plan(scheduler, st: State, p: Plan, tss: list, timing: dict,
     t0 = perf_counter()
     held = actions.pin_plan(list(map(tss.__getitem__, p.nodes.tolist())),
                             p.worker_of.tolist(), p.workers, st.admission,
-                            getattr(scheduler, "is_rootish", None))
+                            getattr(scheduler, "is_rootish", None),
+                            st.options.admission_max_readers)
     if late:
         actions.reschedule(scheduler, p.keys)
     for addr, roots in zip(p.workers, held):

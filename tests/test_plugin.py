@@ -775,3 +775,21 @@ async def test_a_root_another_worker_waits_for_is_released_out_of_turn(c, s, a, 
     np.testing.assert_array_equal(await c.compute(y), expected)
     assert s._autorestrictor.queues.n_wanted > 0
     assert watch.most <= 16, watch.most
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_roots_read_by_many_are_not_held(c, s, a, b):
+    """``(x @ x.T).sum()`` on 8 x 8 blocks: each block is read by the 8
+    products of its row and by its transpose. Held and sent a few at a time,
+    each worker computed the partial products of the blocks that had
+    arrived, and held them until the blocks their sums also read came:
+    60-62 unsummed products on one worker at once (3 runs). Sent at once,
+    the blocks run in Dask's priority order with their readers: 16-17."""
+    await c.register_plugin(AutoRestrictor())
+    watch = _Unconsumed(s, "chunk_sum")
+    s.add_plugin(watch, name="unconsumed")
+    x = da.random.default_rng(0).integers(0, 10, size=(1200, 1200), chunks=150)
+    expected = x.compute(scheduler="sync")
+    assert await c.compute((x @ x.T).sum()) == (expected @ expected.T).sum()
+    assert s._autorestrictor.history[-1]["reason"] is None
+    assert watch.most <= 30, watch.most
