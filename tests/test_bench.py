@@ -11,6 +11,7 @@ about 8 s; the others a few workloads on 4).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import dask
@@ -225,6 +226,20 @@ def test_memory_limit_reaches_every_run(monkeypatch, capsys, tmp_path):
     assert code == 0
     assert seen == [("seed-sum", 300_000_000)] * 2 + [("seed-sum-2w", 300_000_000)] * 2
     assert "memory limit 300 MB per worker" in capsys.readouterr().out
+
+    # each workload its own limit; one without is left out, saying so
+    seen.clear()
+    monkeypatch.setitem(WORKLOADS, "seed-sum",
+                        dataclasses.replace(WORKLOADS["seed-sum"], memory_limit="400MB"))
+    monkeypatch.setitem(WORKLOADS, "chains",
+                        dataclasses.replace(WORKLOADS["chains"], memory_limit=None))
+    code = cli_main(["bench", "--workloads", "seed-sum,chains", "--modes", "default",
+                     "--memory-limit", "per-workload"])
+    assert code == 0
+    assert seen == [("seed-sum", 400_000_000)]
+    assert "left out chains" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="none of chains has a limit of its own"):
+        bench.run_bench(["chains"], ["default"], memory_limit="per-workload", progress=False)
 
     out = str(tmp_path / "row.json")
     cmd = bench.child_command("seed-sum", "default", 2, 0.5, out, memory_limit=300_000_000)

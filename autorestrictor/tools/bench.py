@@ -1179,6 +1179,43 @@ def check_checksums(rows: Sequence[dict]) -> None:
             )
 
 
+#: ``--memory-limit`` value that gives each workload its own limit.
+PER_WORKLOAD = "per-workload"
+
+
+def _limits(workloads: Sequence[str], memory_limit: int | str | None) -> dict[str, int | None]:
+    """The memory limit of each workload's runs, in bytes (``None``: none).
+
+    With :data:`PER_WORKLOAD`, each workload's own; those that have none
+    are left out, and the bench says so once on stderr.
+
+    Raises
+    ------
+    ValueError
+        For a limit that is not a positive size or is more than this
+        machine has, or when no workload asked for has a limit of its own.
+    """
+    from autorestrictor.tools.workloads import WORKLOADS
+
+    if memory_limit != PER_WORKLOAD:
+        limit = parse_memory_limit(memory_limit)
+        _check_limit_fits(limit)
+        return dict.fromkeys(workloads, limit)
+    own = {w: parse_memory_limit(WORKLOADS[w].memory_limit) for w in workloads
+           if WORKLOADS[w].memory_limit is not None}
+    if not own:
+        raise ValueError(f"--memory-limit {PER_WORKLOAD}: none of {', '.join(workloads)} "
+                         f"has a limit of its own")
+    for limit in own.values():
+        _check_limit_fits(limit)
+    left_out = [w for w in workloads if w not in own]
+    if left_out:
+        print(f"--memory-limit {PER_WORKLOAD}: left out {', '.join(left_out)}, which "
+              f"Dask's default does not spill without pausing at any size tried",
+              file=sys.stderr)
+    return own
+
+
 def _check_limit_fits(memory_limit: int | None) -> None:
     """Raise ``ValueError`` for a memory limit above this machine's memory
     (or its cgroup's): Dask would quietly lower it to that."""
@@ -1250,7 +1287,9 @@ def run_bench(
     memory_limit : int or str, optional
         Give every worker of every run this memory limit, in bytes or as a
         size such as ``"300MB"`` (workloads with their own worker count
-        too); none by default.
+        too); none by default. ``"per-workload"``: each workload's own
+        (:attr:`~autorestrictor.tools.workloads.Workload.memory_limit`);
+        those without one are left out, and the bench says so.
     warm_up : bool
         Before each measured run, compute the workload once on the same
         cluster (see :func:`measure`).
@@ -1283,8 +1322,8 @@ def run_bench(
         raise ValueError(f"unknown mode(s) {bad_modes}; known: {', '.join(MODES)}")
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
-    memory_limit = parse_memory_limit(memory_limit)
-    _check_limit_fits(memory_limit)
+    limits = _limits(workloads, memory_limit)
+    workloads = list(limits)
     if link is not None:
         check_support(link)
 
@@ -1296,7 +1335,7 @@ def run_bench(
             for mode in modes:
                 bar.step(f"{workload} {mode}" + (f" (repeat {r + 1})" if repeat > 1 else ""))
                 these.append(run_one(workload, mode, workers, scale, repeat=r, timeout=timeout,
-                                     link=link, memory_limit=memory_limit,
+                                     link=link, memory_limit=limits[workload],
                                      warm_up=warm_up))
         check_checksums(these)
         rows.extend(these)
@@ -1588,7 +1627,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-limit", metavar="SIZE", default=None,
                         help="memory limit of every worker, e.g. 300MB, with Dask's own "
                              "target/spill/pause/terminate fractions (default: none); rows "
-                             "report bytes spilled to disk and pauses")
+                             f"report bytes spilled to disk and pauses. '{PER_WORKLOAD}': "
+                             "each workload's own, at which Dask's default spills some "
+                             "but does not pause")
     parser.add_argument("--warm-up", action="store_true",
                         help="compute each workload once, unmeasured, on the same cluster "
                              "before the measured run: the plugin then plans with the output "

@@ -85,6 +85,11 @@ class Workload:
         anything is submitted.  The bench then also reports the most workers
         the cluster had at once (``most_workers``), when each worker joined
         or left, and what every worker ran, including the retired ones.
+    memory_limit : str, optional
+        The per-worker memory limit at which Dask's default (4 worker
+        processes, one thread each) spills some of this workload to disk
+        but never pauses a worker: the size ``bench --memory-limit
+        per-workload`` gives it. ``None`` where no such size was found.
     """
 
     name: str
@@ -94,6 +99,7 @@ class Workload:
     during: Callable[[Any, Any, float, float], dict] | None = None
     submit: Callable[[Any, list], list] | None = None
     adapt: dict | None = None
+    memory_limit: str | None = None
 
 
 # --------------------------------------------------------------------------
