@@ -11,7 +11,6 @@ about 8 s; the others a few workloads on 4).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import dask
@@ -229,10 +228,8 @@ def test_memory_limit_reaches_every_run(monkeypatch, capsys, tmp_path):
 
     # each workload its own limit; one without is left out, saying so
     seen.clear()
-    monkeypatch.setitem(WORKLOADS, "seed-sum",
-                        dataclasses.replace(WORKLOADS["seed-sum"], memory_limit="400MB"))
-    monkeypatch.setitem(WORKLOADS, "chains",
-                        dataclasses.replace(WORKLOADS["chains"], memory_limit=None))
+    monkeypatch.setitem(workloads.MEMORY_LIMITS, "seed-sum", "400MB")
+    monkeypatch.delitem(workloads.MEMORY_LIMITS, "chains")
     code = cli_main(["bench", "--workloads", "seed-sum,chains", "--modes", "default",
                      "--memory-limit", "per-workload"])
     assert code == 0
@@ -656,3 +653,9 @@ def test_rechunk_and_persisted_data_move_less_than_default():
     assert persisted["bytes_moved"] <= by[("persisted", "default")]["bytes_moved"] / 4
     for row in (rechunk, persisted):
         assert row["checksum"] == by[(row["workload"], "default")]["checksum"]
+
+
+def test_every_workload_has_a_memory_limit_that_parses():
+    assert set(workloads.MEMORY_LIMITS) == set(WORKLOADS)
+    for name, size in workloads.MEMORY_LIMITS.items():
+        assert parse_memory_limit(size) >= 100_000_000, name  # above a bare worker's RSS

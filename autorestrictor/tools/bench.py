@@ -1186,8 +1186,9 @@ PER_WORKLOAD = "per-workload"
 def _limits(workloads: Sequence[str], memory_limit: int | str | None) -> dict[str, int | None]:
     """The memory limit of each workload's runs, in bytes (``None``: none).
 
-    With :data:`PER_WORKLOAD`, each workload's own; those that have none
-    are left out, and the bench says so once on stderr.
+    With :data:`PER_WORKLOAD`, each workload's own
+    (:data:`autorestrictor.tools.workloads.MEMORY_LIMITS`); those that have
+    none are left out, and the bench says so once on stderr.
 
     Raises
     ------
@@ -1195,14 +1196,13 @@ def _limits(workloads: Sequence[str], memory_limit: int | str | None) -> dict[st
         For a limit that is not a positive size or is more than this
         machine has, or when no workload asked for has a limit of its own.
     """
-    from autorestrictor.tools.workloads import WORKLOADS
+    from autorestrictor.tools.workloads import MEMORY_LIMITS
 
     if memory_limit != PER_WORKLOAD:
         limit = parse_memory_limit(memory_limit)
         _check_limit_fits(limit)
         return dict.fromkeys(workloads, limit)
-    own = {w: parse_memory_limit(WORKLOADS[w].memory_limit) for w in workloads
-           if WORKLOADS[w].memory_limit is not None}
+    own = {w: parse_memory_limit(MEMORY_LIMITS[w]) for w in workloads if w in MEMORY_LIMITS}
     if not own:
         raise ValueError(f"--memory-limit {PER_WORKLOAD}: none of {', '.join(workloads)} "
                          f"has a limit of its own")
@@ -1288,8 +1288,8 @@ def run_bench(
         Give every worker of every run this memory limit, in bytes or as a
         size such as ``"300MB"`` (workloads with their own worker count
         too); none by default. ``"per-workload"``: each workload's own
-        (:attr:`~autorestrictor.tools.workloads.Workload.memory_limit`);
-        those without one are left out, and the bench says so.
+        (:data:`~autorestrictor.tools.workloads.MEMORY_LIMITS`); those
+        without one are left out, and the bench says so.
     warm_up : bool
         Before each measured run, compute the workload once on the same
         cluster (see :func:`measure`).

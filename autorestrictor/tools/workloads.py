@@ -85,11 +85,6 @@ class Workload:
         anything is submitted.  The bench then also reports the most workers
         the cluster had at once (``most_workers``), when each worker joined
         or left, and what every worker ran, including the retired ones.
-    memory_limit : str, optional
-        The per-worker memory limit at which Dask's default (4 worker
-        processes, one thread each) spills some of this workload to disk
-        but never pauses a worker: the size ``bench --memory-limit
-        per-workload`` gives it. ``None`` where no such size was found.
     """
 
     name: str
@@ -99,7 +94,6 @@ class Workload:
     during: Callable[[Any, Any, float, float], dict] | None = None
     submit: Callable[[Any, list], list] | None = None
     adapt: dict | None = None
-    memory_limit: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -637,6 +631,22 @@ WORKLOADS: dict[str, Workload] = {
         Workload("adaptive-zero", "waiting 2 MB chunks summed; no worker at submit, "
                  "Dask's Adaptive 0 to 4", adaptive_zero, workers=0, adapt={"minimum": 0, **ADAPT}),
     ]
+}
+
+#: Per worker, the memory limit at which Dask's default spills some of each
+#: workload to disk but pauses no worker (4 worker processes of one thread,
+#: Dask's own thresholds; one run per size, from 150 MB up to 1 GB, on a
+#: 2-core machine where a worker process holds 90-100 MB before its data):
+#: what ``bench --memory-limit per-workload`` gives it. Smaller sizes paused
+#: workers, larger ones spilled nothing.
+MEMORY_LIMITS: dict[str, str] = {
+    "seed-sum": "400MB", "seed-sum-2w": "400MB", "a-plus-b": "300MB", "anom-mean": "175MB",
+    "vorticity": "250MB", "double-diff": "175MB", "rechunk-swap": "800MB", "matmul": "300MB",
+    "map-overlap": "400MB", "hub": "300MB", "persisted": "400MB",
+    "dataframe-shuffle": "400MB", "chains": "175MB", "qr": "250MB", "svd": "250MB",
+    "broadcast": "400MB", "two-pass": "200MB", "slow-worker": "175MB", "skewed-cost": "175MB",
+    "scale-up": "175MB", "join-mid-run": "175MB", "concurrent-graphs": "150MB",
+    "adaptive": "175MB", "adaptive-zero": "175MB",
 }
 
 #: Workloads on an uneven or changing cluster; the bench's table also shows
