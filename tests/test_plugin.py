@@ -783,10 +783,10 @@ async def test_roots_read_by_many_are_not_held(c, s, a, b):
     products of its row and by its transpose. Held and sent a few at a time,
     each worker computed the partial products of the blocks that had
     arrived, and held them until the blocks their sums also read came:
-    60-78 unsummed products on one worker at once (5 runs, newest and
-    oldest supported dask). Sent at once, the blocks run in Dask's
-    priority order with their readers: 15-20 (10 runs, some on a loaded
-    machine), once 32 in a full test run."""
+    60-62 unsummed products on one worker at once (3 runs, newest
+    supported dask), 78 (oldest). Sent at once, the blocks run in Dask's
+    priority order with their readers: 15-20 on both (some runs on a
+    loaded machine), once 32 in a full test run."""
     await c.register_plugin(AutoRestrictor())
     watch = _Unconsumed(s, "chunk_sum")
     s.add_plugin(watch, name="unconsumed")
