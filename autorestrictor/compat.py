@@ -16,6 +16,10 @@ The differences, oldest first:
   plugin's hook does not use it, and takes it when it is given.
 * ``distributed.shuffle._core.P2PBarrierTask`` (distributed 2024.11): a P2P
   barrier is recognised by its class; before, by its key's prefix.
+* ``dask._task_spec.Task`` as the scheduler's ``run_spec`` (distributed
+  2024.11): :func:`task_function` reads the function a task calls from it;
+  before, a task was a tuple headed by its function, and the scheduler kept
+  most of them wrapped in ``execute_task``, so the function is seldom seen.
 * ``dask._expr.FinalizeCompute`` with ``dask.base.collections_to_expr``
   (dask 2025.4): ``Client.compute`` sends an expression. Before, it sent the
   optimised graph (``collections_to_dsk``) and a ``finalize-`` task per
@@ -25,6 +29,9 @@ The differences, oldest first:
 from __future__ import annotations
 
 import logging
+import operator
+
+import dask.array.chunk
 
 logger = logging.getLogger("autorestrictor")
 
@@ -46,6 +53,25 @@ def is_p2p_barrier(key, run_spec) -> bool:
     if P2PBarrierTask is not None:
         return isinstance(run_spec, P2PBarrierTask)
     return isinstance(key, str) and key.startswith("shuffle-barrier-")
+
+
+def task_function(run_spec):
+    """The function a task calls, if its ``run_spec`` says plainly (a task
+    object's ``func``, an old-style tuple's head); else ``None``."""
+    func = getattr(run_spec, "func", None)
+    if func is None and type(run_spec) is tuple and run_spec and callable(run_spec[0]):
+        func = run_spec[0]
+    return func
+
+
+#: Functions that select part of their input and compute nothing.
+_SELECTIONS = frozenset({operator.getitem, dask.array.chunk.getitem})
+
+
+def selects(run_spec) -> bool:
+    """Does a task only select part of its input (``x[i]``: a slice of an
+    array, an item of a tuple, a column of a frame)?"""
+    return task_function(run_spec) in _SELECTIONS
 
 
 def _explain_missing() -> str | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from autorestrictor.datamap import (
     legend_html,
     worker_colour,
 )
+from autorestrictor.learning import SELECTION_SECONDS
 from autorestrictor.planner import Plan, estimate_sizes, plan
 
 logger = logging.getLogger("autorestrictor")
@@ -299,7 +301,8 @@ def _local_view(workers: dict[str, int], prefixes) -> dict:
     bandwidth = parse_bytes(dask.config.get("distributed.scheduler.bandwidth", default=100e6))
     return {
         "installed": False, "options": {}, "workers": workers, "busy": {}, "learned": {},
-        "expected": dict.fromkeys(prefixes, float(unknown)), "shape_seconds": {},
+        "expected": dict.fromkeys(prefixes, math.nan), "unknown": float(unknown),
+        "shape_seconds": {},
         "positions": {},
         "who_has": {}, "nbytes": {},
         "bandwidth": float(bandwidth),
@@ -317,7 +320,8 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=(), shapes=()) -> dict:
     workers = intake.running_workers(s)
     learned = st.learned if st is not None else Learned()
     unknown = intake.unknown_duration(s)
-    expected = {name: intake.expected_seconds(s.task_prefixes.get(name), learned, unknown)
+    # NaN: a kind never seen, costed on the client, which has its tasks
+    expected = {name: intake.expected_seconds(s.task_prefixes.get(name), learned, math.nan)
                 for name in prefixes}
     who_has, nbytes = {}, {}
     for k in keys:
@@ -331,7 +335,8 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=(), shapes=()) -> dict:
         "workers": workers,
         "busy": intake.busy(st, workers, unknown) if st is not None else {},
         "learned": learned.sizes(),
-        "expected": expected, "shape_seconds": learned.shape_seconds(),
+        "expected": expected, "unknown": float(unknown),
+        "shape_seconds": learned.shape_seconds(),
         "positions": {shape: learned.position_sizes(shape) for shape in shapes},
         "who_has": who_has, "nbytes": nbytes,
         "bandwidth": float(s.bandwidth),
@@ -357,7 +362,7 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: di
     (:func:`autorestrictor.intake.read_graph`)."""
     import dask.order
 
-    from autorestrictor.compat import is_p2p_barrier
+    from autorestrictor.compat import is_p2p_barrier, selects
 
     priority = dask.order.order(dsk)
     dependencies = {k: list(dsk[k].dependencies) for k in keys}
@@ -368,6 +373,12 @@ def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: di
         opted_out.get(k, True) is False or k in restricted)]
     p2p = [k for k in keys if is_p2p_barrier(k, dsk[k])]
     learned, seconds, expected = view["learned"], view["shape_seconds"], view["expected"]
+    # a kind never seen: as the plugin costs it, by its first task
+    unseen: dict = {}
+    for k, name in prefixes.items():
+        if math.isnan(expected[name]) and name not in unseen:
+            unseen[name] = SELECTION_SECONDS if selects(dsk[k]) else view["unknown"]
+    expected = {**expected, **unseen}
     positions = view["positions"]
     per_key = {}
     for k in keys:

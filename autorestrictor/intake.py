@@ -21,8 +21,8 @@ import dask.config
 import numpy as np
 
 from autorestrictor.admission import Status
-from autorestrictor.compat import P2PBarrierTask, is_p2p_barrier
-from autorestrictor.learning import Learned, shape_of
+from autorestrictor.compat import P2PBarrierTask, is_p2p_barrier, selects
+from autorestrictor.learning import SELECTION_SECONDS, Learned, shape_of
 from autorestrictor.planner import Sizes, estimate_sizes
 from autorestrictor.state import HOLD, PENDING, Batch, State, Unit
 
@@ -101,16 +101,16 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
         deps = ts.dependencies
         deps_of.append([dts.key for dts in deps] if deps else ())
         group = ts.group
+        run_spec = ts.run_spec
         i = by_group.get(group)
         if i is None:
             i = by_group[group] = len(kinds)
-            kinds.append(_kind(group, state.learned, unknown))
+            kinds.append(_kind(group, state.learned, unknown, run_spec))
         kind_of.append(i)
         pr = ts.priority
         priority.append(pr[-1] if pr is not None else nan)
         if ts.nbytes >= 0:
             nbytes[key] = ts.nbytes
-        run_spec = ts.run_spec
         if (isinstance(run_spec, barrier) if barrier is not None
                 else is_p2p_barrier(key, run_spec)):
             p2p.append(key)
@@ -281,11 +281,15 @@ def bound_to(ts, held_at: dict) -> list[str] | None:
     return None
 
 
-def _kind(group, learned: Learned, unknown: float) -> tuple:
+def _kind(group, learned: Learned, unknown: float, run_spec=None) -> tuple:
     """A task group's name for sizes (its shape if learned, else its prefix
     name; see :mod:`autorestrictor.learning`), its tasks' expected seconds,
-    and its shape."""
+    and its shape. ``run_spec`` is one of its tasks': if that task only
+    selects (:func:`selects`), a kind never seen is expected to take
+    :data:`SELECTION_SECONDS`."""
     prefix = group.prefix if group is not None else None
+    if selects(run_spec):
+        unknown = SELECTION_SECONDS
     if prefix is None:
         return None, unknown, None
     shape = shape_of(group.name, len(group))

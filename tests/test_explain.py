@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import operator
+from collections import Counter
+
 import dask
 import dask.array as da
 import numpy as np
 import pytest
+from dask.utils import key_split
 from distributed import Event
 from distributed.utils_test import async_poll_for, gen_cluster
 from helpers import slow_block
@@ -249,3 +253,36 @@ def test_open_results_are_held_until_their_last_reader():
                             priority=priority, plan=p).plan_peak
     assert sorted(peak.tolist()) == [50.0, 60.0]
     assert len(default_peak) == 2 and min(default_peak) >= 30.0
+
+
+def test_selections_are_told_apart_from_computations():
+    from dask._task_spec import Task, TaskRef
+
+    from autorestrictor.compat import selects
+
+    assert selects(Task("a", operator.getitem, TaskRef("x"), 0))
+    assert selects(Task("a", da.chunk.getitem, TaskRef("x"), (slice(0, 2),)))
+    assert selects((operator.getitem, "x", 0))  # an old-style task
+    assert not selects(Task("a", np.linalg.qr, TaskRef("x")))
+    assert not selects((sum, ["x", "y"]))
+    assert not selects(None) and not selects(42)
+
+
+@needs_explain
+@gen_cluster(client=True, nthreads=[("", 1)] * 4)
+async def test_explain_costs_slices_as_the_plugin_does(c, s, *workers):
+    """A tall-and-skinny QR, whose 40 slices of the stacked R's factor have
+    never run: explain() costs them as the plugin does (next to nothing),
+    so it shows the plugin's plan, 9-11 block QRs per worker."""
+    await c.register_plugin(AutoRestrictor(min_tasks=10, rebalance=False))
+    q, r = da.linalg.qr(da.random.default_rng(0).random((40 * 500, 20), chunks=(500, 20)))
+    e = await _explain_async(c, [q.sum(axis=0), r])
+    groups = Counter(k[0] for k in e.assignment if key_split(k) == "qr")
+    (name,) = [g for g, n in groups.items() if n == 40]  # the block QRs
+    blocks = Counter(w for k, w in e.assignment.items() if k[0] == name)
+    assert len(blocks) == 4 and max(blocks.values()) - min(blocks.values()) <= 2, blocks
+    fut = c.compute([q.sum(axis=0), r])
+    st = s._autorestrictor
+    await async_poll_for(lambda: st.last_plan is not None, timeout=10)
+    assert st.last_plan.assignment == e.assignment
+    await c.gather(fut)
