@@ -170,5 +170,7 @@ def seams(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequence[Ke
     out, acc = [], 0.0
     for s in range(n):
         acc += diff[s]
-        out.append(acc / bandwidth)
+        # (a running sum of learned, fractional sizes that cancel can end a
+        # hair below zero; nothing crosses there)
+        out.append(max(acc, 0.0) / bandwidth)
     return out
