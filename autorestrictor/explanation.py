@@ -349,11 +349,19 @@ def _shapes(keys: list) -> dict:
     before those learned per prefix, as in :func:`autorestrictor.intake.read_graph`."""
     from distributed.utils import key_split_group
 
-    from autorestrictor.learning import shape_of
+    from autorestrictor.learning import clashing, shape_of, told_apart
 
     group = {k: key_split_group(k) for k in keys}
     count = Counter(group.values())
-    return {k: shape_of(g, count[g]) for k, g in group.items()}
+    shapes = {g: shape_of(g, n) for g, n in count.items()}
+    clash = set(clashing(shapes))
+    if clash:  # told apart by their layout, as the plugin does
+        positions: dict = {g: [] for g in clash}
+        for k, g in group.items():
+            if g in clash and type(k) is tuple:
+                positions[g].append(k[1:])
+        shapes.update(told_apart({g: shapes[g] for g in clash}, positions))
+    return {k: shapes[g] for k, g in group.items()}
 
 
 def _inputs(dsk: dict, keys: list, prefixes: dict, shapes: dict, annotations: dict,

@@ -22,7 +22,7 @@ import numpy as np
 
 from autorestrictor.admission import Status
 from autorestrictor.compat import P2PBarrierTask, is_p2p_barrier, selects
-from autorestrictor.learning import SELECTION_SECONDS, Learned, shape_of
+from autorestrictor.learning import SELECTION_SECONDS, Learned, clashing, told_apart
 from autorestrictor.planner import Sizes, estimate_sizes
 from autorestrictor.state import HOLD, PENDING, Batch, State, Unit
 
@@ -133,6 +133,8 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 who_has[key] = where
             else:
                 skip.append(key)
+    if len(kinds) > 1:
+        _tell_apart(kinds, by_group, order, kind_of, state.learned)
     dependencies = dict(zip(order, deps_of))
     _read_outside(tasks, dependencies, who_has, nbytes, held_at)
     workers = running_workers(scheduler)
@@ -281,6 +283,33 @@ def bound_to(ts, held_at: dict) -> list[str] | None:
     return None
 
 
+def _tell_apart(kinds: list, by_group: dict, order: list, kind_of: list,
+                learned: Learned) -> None:
+    """Give the groups of this graph that share a shape one of their own
+    (:func:`autorestrictor.learning.told_apart`), in ``kinds`` and for what
+    their tasks will teach. Reads the keys of those groups only."""
+    groups = {g.name: (g, i) for g, i in by_group.items() if g is not None}
+    shapes = {name: kinds[i][2] for name, (_, i) in groups.items() if kinds[i][2] is not None}
+    clash = clashing(shapes)
+    if not clash:
+        return
+    index = {groups[name][1]: name for name in clash}
+    positions: dict = {name: [] for name in clash}
+    at = np.flatnonzero(np.isin(np.asarray(kind_of), list(index)))
+    for j in at.tolist():
+        key = order[j]
+        if type(key) is tuple:
+            positions[index[kind_of[j]]].append(key[1:])
+    new = told_apart({name: shapes[name] for name in clash}, positions)
+    learned.name_groups(new)
+    for name, shape in new.items():
+        group, i = groups[name]
+        _, seconds, _ = kinds[i]
+        known = learned.shape_duration.get(shape)
+        kinds[i] = (learned.size_kind(group.prefix.name, shape),
+                    known.value if known is not None else seconds, shape)
+
+
 def _kind(group, learned: Learned, unknown: float, run_spec=None) -> tuple:
     """A task group's name for sizes (its shape if learned, else its prefix
     name; see :mod:`autorestrictor.learning`), its tasks' expected seconds,
@@ -292,15 +321,15 @@ def _kind(group, learned: Learned, unknown: float, run_spec=None) -> tuple:
         unknown = SELECTION_SECONDS
     if prefix is None:
         return None, unknown, None
-    shape = shape_of(group.name, len(group))
+    shape = learned.shape(group.name, len(group))
     return (learned.size_kind(prefix.name, shape),
             expected_seconds(prefix, learned, unknown, shape), shape)
 
 
-def shape(ts) -> str | None:
-    """The shape of ``ts``'s group (:func:`autorestrictor.learning.shape_of`)."""
+def shape(ts, learned: Learned) -> str | None:
+    """The shape of ``ts``'s group (:meth:`autorestrictor.learning.Learned.shape`)."""
     group = ts.group
-    return shape_of(group.name, len(group)) if group is not None else None
+    return learned.shape(group.name, len(group)) if group is not None else None
 
 
 def expected_seconds(prefix, learned: Learned, unknown: float,
@@ -387,7 +416,7 @@ def output_bytes(ts, learned: Learned) -> float:
     its shape, its shape, or its kind); -1 when none is known."""
     if ts.nbytes >= 0:
         return float(ts.nbytes)
-    sh = shape(ts)
+    sh = shape(ts, learned)
     key = ts.key
     if type(key) is tuple:
         size = learned.position_sizes(sh).get(key[1:])

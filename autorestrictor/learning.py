@@ -18,7 +18,8 @@ import dataclasses
 import functools
 import math
 import re
-from collections import defaultdict
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 
 #: A worker counts as slow only when its tasks take this many times longer
@@ -84,6 +85,47 @@ def shape_of(group: str, n_tasks: int) -> str:
     return f"{'-'.join(words) or group}[{n_tasks}]"
 
 
+def told_apart(shapes: Mapping[str, str],
+               positions: Mapping[str, Iterable[tuple]]) -> dict[str, str]:
+    """Shapes for the groups of one graph that share a shape with another.
+
+    Two groups of one graph can have the same name without tokens and the
+    same task count and yet different sizes at one position: a field's
+    rechunk and its transpose's (the bench's vorticity), whose outputs at
+    ``(1, 2)`` are 12.5 MB in one and 20 kB in the other. Learned in one
+    shape, the last seen wins at each position and the next graph's
+    prediction is off by that much. Such groups are told apart by their
+    layout, the positions their tasks take (the indices of their keys), which
+    the next graph of the same kind repeats. ``shapes`` gives each group's
+    :func:`shape_of`, ``positions`` the positions of the tasks of the groups
+    whose shape another group shares (the others are not read). Returns the
+    new shapes of those groups; groups of one shape that all have one
+    layout keep their shape. (Groups of one layout can still differ in
+    size: nothing in their keys tells them apart.)
+
+    >>> told_apart({"a-1f2e3d4c5b6a": "a[2]", "a-9f8e7d6c5b4a": "a[2]", "b-1f2e3d4c5b6a": "b[2]"},
+    ...            {"a-1f2e3d4c5b6a": [(0, 1), (0, 2)], "a-9f8e7d6c5b4a": [(1, 0), (2, 0)]})
+    {'a-1f2e3d4c5b6a': 'a[2]@15301e9a', 'a-9f8e7d6c5b4a': 'a[2]@320fed0d'}
+    """
+    named: dict = defaultdict(dict)  # shape -> {group: its shape with its layout}
+    for group in clashing(shapes):
+        shape = shapes[group]
+        # repr: positions of keys that do not compare still sort
+        layout = repr(sorted(map(repr, positions.get(group, ())))).encode()
+        named[shape][group] = f"{shape}@{zlib.crc32(layout):08x}"
+    out = {}
+    for new in named.values():
+        if len(set(new.values())) > 1:  # (one layout for all tells nothing apart)
+            out.update(new)
+    return out
+
+
+def clashing(shapes: Mapping[str, str]) -> list[str]:
+    """The groups whose shape another group in ``shapes`` shares."""
+    count = Counter(shapes.values())
+    return [g for g, s in shapes.items() if count[s] > 1]
+
+
 @dataclasses.dataclass
 class Mean:
     """A running mean over about the last ``window`` values added."""
@@ -123,6 +165,9 @@ class Learned:
     #: at most MAX_POSITIONS in all
     position_nbytes: dict[str, dict[tuple, float]] = dataclasses.field(default_factory=dict)
     n_positions: int = 0
+    #: group name -> its shape, for groups told apart from others of one
+    #: shape (:func:`told_apart`), at most MAX_SHAPES
+    group_shapes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def observe(self, kind: str, worker: str, seconds: float, nbytes: int | None,
                 shape: str | None = None, position: tuple | None = None) -> None:
@@ -140,6 +185,18 @@ class Learned:
         if shape is not None:
             _add_bounded(self.shape_duration, shape, seconds)
         self.pace.setdefault((worker, kind), Mean()).add(seconds, PACE_WINDOW)
+
+    def name_groups(self, shapes: Mapping[str, str]) -> None:
+        """Learn the tasks of these groups under these shapes (see :func:`told_apart`)."""
+        for group, shape in shapes.items():
+            self.group_shapes.pop(group, None)
+            self.group_shapes[group] = shape
+        while len(self.group_shapes) > MAX_SHAPES:
+            del self.group_shapes[next(iter(self.group_shapes))]
+
+    def shape(self, group: str, n_tasks: int) -> str:
+        """The shape a group's tasks are learned and predicted under."""
+        return self.group_shapes.get(group) or shape_of(group, n_tasks)
 
     def _remember_position(self, shape: str, position: tuple, nbytes: int) -> None:
         sizes = self.position_nbytes.get(shape)

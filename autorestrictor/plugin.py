@@ -200,7 +200,7 @@ class AutoRestrictor(SchedulerPlugin):
         if worker is not None and ts.prefix is not None:
             st.learned.observe(ts.prefix.name, worker,
                                compute_seconds(kwargs.get("startstops")), kwargs.get("nbytes"),
-                               shape=intake.shape(ts),
+                               shape=intake.shape(ts, st.learned),
                                position=key[1:] if type(key) is tuple else None)
         if st.queues.held_at and ts.who_has:
             # (the release it may need is scheduled by the caller)

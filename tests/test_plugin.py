@@ -641,6 +641,39 @@ async def test_sizes_are_learned_per_position_within_a_shape(c, s, a, b):
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
+async def test_groups_of_one_shape_are_told_apart_by_their_layout(c, s, a, b):
+    """Two arrays of 2 x 3 and 3 x 2 uneven chunks: their groups have one
+    shape (name without token, 6 tasks), and at positions both have, one
+    makes 80 kB where the other makes 800 B (a field's rechunk and its
+    transpose's, in the bench's vorticity). Each keeps its own sizes, and
+    the next graph of the same kind is planned with every size right."""
+    await c.register_plugin(AutoRestrictor())
+
+    def pair(seed):
+        rs = da.random.RandomState(seed)
+        wide = rs.random((1010, 30), chunks=((1000, 10), (10, 10, 10)))
+        tall = rs.random((30, 1010), chunks=((10, 10, 10), (1000, 10)))
+        return wide, tall
+
+    def sizes(x):
+        return {(x.name, i, j): int(np.prod([x.chunks[0][i], x.chunks[1][j]])) * 8
+                for i in range(len(x.chunks[0])) for j in range(len(x.chunks[1]))}
+
+    wide, tall = pair(1)
+    assert learning.shape_of(wide.name, 6) == learning.shape_of(tall.name, 6)
+    await c.gather(c.compute([wide.sum(), tall.sum()], optimize_graph=False))
+    wide, tall = pair(2)
+    inputs = []
+    read = intake.read_graph
+    with mock.patch.object(intake, "read_graph",
+                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+        await c.gather(c.compute([wide.sum(), tall.sum()], optimize_graph=False))
+    (got,) = inputs
+    want = {**sizes(wide), **sizes(tall)}
+    assert {k: got.nbytes[k] for k in want} == want
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=SMALL)
 async def test_a_finished_graph_weighs_on_no_worker_in_the_next_plan(c, s, a, b):
     """Work pinned by a graph that has run is not work waiting: the next plan
     sees every worker idle (else the worker that ran more of the first graph

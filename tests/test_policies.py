@@ -27,6 +27,29 @@ from autorestrictor.state import Queues
 # -- learning ------------------------------------------------------------------
 
 
+def test_groups_of_one_shape_are_told_apart_the_same_way_in_every_graph():
+    """A 2 x 3 and a 3 x 2 grid of one shape get a shape each, and the next
+    graph's groups (new tokens, same layouts) get the same two; groups of
+    one shape and one layout, or alone in their shape, keep it."""
+    wide = [(i, j) for i in range(2) for j in range(3)]
+    tall = [(i, j) for i in range(3) for j in range(2)]
+
+    def told(tokens):
+        a, b, c, d = (f"{p}-{t}" for p, t in zip("aabb", tokens))
+        shapes = {a: "x[6]", b: "x[6]", c: "y[6]", d: "y[6]", "z-00aa11bb22": "z[6]"}
+        got = learning.told_apart(shapes, {a: wide, b: tall, c: wide, d: wide})
+        return [got.get(g) for g in (a, b, c, d, "z-00aa11bb22")]
+
+    first = told(["1a2b3c4d5e", "6f7a8b9c0d", "1a2b3c4d5f", "6f7a8b9c0e"])
+    assert first[0] != first[1] and first[0].startswith("x[6]@")
+    assert first[2:] == [None, None, None]
+    assert told(["99aa88bb77", "66cc55dd44", "99aa88bb70", "66cc55dd40"]) == first
+    learned = Learned()
+    learned.name_groups({"a-1a2b3c4d5e": first[0]})
+    assert learned.shape("a-1a2b3c4d5e", 6) == first[0]
+    assert learned.shape("a-6f7a8b9c0d", 6) == learning.shape_of("a-6f7a8b9c0d", 6)
+
+
 def test_means_follow_a_drift_over_their_window():
     learned = Learned()
     for _ in range(learning.KIND_WINDOW):
