@@ -29,9 +29,6 @@ The differences, oldest first:
 from __future__ import annotations
 
 import logging
-import operator
-
-import dask.array.chunk
 
 logger = logging.getLogger("autorestrictor")
 
@@ -64,14 +61,17 @@ def task_function(run_spec):
     return func
 
 
-#: Functions that select part of their input and compute nothing.
-_SELECTIONS = frozenset({operator.getitem, dask.array.chunk.getitem})
+#: Functions that select part of their input and compute nothing, by
+#: module and name (``dask.array`` is not imported on the scheduler for them).
+_SELECTIONS = frozenset({("_operator", "getitem"), ("operator", "getitem"),
+                         ("dask.array.chunk", "getitem")})
 
 
 def selects(run_spec) -> bool:
     """Does a task only select part of its input (``x[i]``: a slice of an
     array, an item of a tuple, a column of a frame)?"""
-    return task_function(run_spec) in _SELECTIONS
+    func = task_function(run_spec)
+    return (getattr(func, "__module__", None), getattr(func, "__name__", None)) in _SELECTIONS
 
 
 def _explain_missing() -> str | None:

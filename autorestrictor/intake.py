@@ -133,8 +133,7 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 who_has[key] = where
             else:
                 skip.append(key)
-    if len(kinds) > 1:
-        _tell_apart(kinds, by_group, order, kind_of, state.learned)
+    _tell_apart(kinds, by_group, order, kind_of, state.learned)
     dependencies = dict(zip(order, deps_of))
     _read_outside(tasks, dependencies, who_has, nbytes, held_at)
     workers = running_workers(scheduler)
