@@ -55,14 +55,13 @@ MAX_POSITIONS = 100_000
 
 #: Expected seconds of a task that only selects part of its input
 #: (:func:`autorestrictor.compat.selects`) while its kind has never run:
-#: the order of a task's own overhead on a worker, where an unknown kind is
-#: assumed to take
-#: ``unknown-task-duration`` (500 ms). Dask does the same for the tasks
-#: that split chunks in a rechunk or a shuffle
+#: the order of a task's own overhead on a worker, where any other unknown
+#: kind is assumed to take ``unknown-task-duration`` (500 ms). Dask does
+#: the same for the tasks that split chunks in a rechunk or a shuffle
 #: (``distributed.scheduler.default-task-durations``, 1 us). Costed as
 #: unknown, the 40 ``getitem`` tasks that slice a tall-and-skinny QR's
-#: stacked R weigh as much as 40 block QRs, and the worker that reads them
-#: is given a quarter of its share of the real work.
+#: stacked R would weigh as much as 40 block QRs, and the worker that reads
+#: them would be given half its share of the real work.
 SELECTION_SECONDS = 1e-3
 
 _TOKEN = re.compile(r"[0-9a-f]{8,}|[0-9]+")
