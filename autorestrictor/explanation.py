@@ -360,7 +360,7 @@ def _shapes(keys: list) -> dict:
         for k, g in group.items():
             if g in clash and type(k) is tuple:
                 positions[g].append(k[1:])
-        shapes.update(told_apart({g: shapes[g] for g in clash}, positions))
+        shapes.update(told_apart(shapes, positions))
     return {k: shapes[g] for k, g in group.items()}
 
 

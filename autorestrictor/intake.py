@@ -133,11 +133,11 @@ def read_graph(scheduler, keys: Iterable[Hashable], annotations: dict,
                 who_has[key] = where
             else:
                 skip.append(key)
-    _tell_apart(kinds, by_group, order, kind_of, state.learned)
     dependencies = dict(zip(order, deps_of))
     _read_outside(tasks, dependencies, who_has, nbytes, held_at)
     workers = running_workers(scheduler)
     kind_of = np.array(kind_of, dtype=np.intp)
+    _tell_apart(kinds, by_group, order, kind_of, state.learned)
     names = [name for name, _, _ in kinds]
     sizes = _sizes(order, names, kind_of, nbytes, state.learned.sizes(),
                    _per_key(order, kind_of, [shape for _, _, shape in kinds], state.learned))
@@ -282,7 +282,7 @@ def bound_to(ts, held_at: dict) -> list[str] | None:
     return None
 
 
-def _tell_apart(kinds: list, by_group: dict, order: list, kind_of: list,
+def _tell_apart(kinds: list, by_group: dict, order: list, kind_of: np.ndarray,
                 learned: Learned) -> None:
     """Give the groups of this graph that share a shape one of their own
     (:func:`autorestrictor.learning.told_apart`), in ``kinds`` and for what
@@ -294,12 +294,12 @@ def _tell_apart(kinds: list, by_group: dict, order: list, kind_of: list,
         return
     index = {groups[name][1]: name for name in clash}
     positions: dict = {name: [] for name in clash}
-    at = np.flatnonzero(np.isin(np.asarray(kind_of), list(index)))
-    for j in at.tolist():
+    at = np.flatnonzero(np.isin(kind_of, list(index)))
+    for j, i in zip(at.tolist(), kind_of[at].tolist()):
         key = order[j]
         if type(key) is tuple:
-            positions[index[kind_of[j]]].append(key[1:])
-    new = told_apart({name: shapes[name] for name in clash}, positions)
+            positions[index[i]].append(key[1:])
+    new = told_apart(shapes, positions)
     learned.name_groups(new)
     for name, shape in new.items():
         group, i = groups[name]

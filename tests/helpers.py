@@ -7,15 +7,30 @@ processes import it from the same ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from collections import Counter
+from unittest import mock
 
 import pytest
 
 #: Plan every graph, however small (the default min-tasks steps back on test-sized graphs).
 SMALL = {"autorestrictor.min-tasks": 1}
+
+
+@contextlib.contextmanager
+def graphs_read():
+    """The planner's inputs (``intake.read_graph``'s) of every graph the
+    plugin reads while the block runs, in a list."""
+    from autorestrictor import intake
+
+    inputs: list = []
+    read = intake.read_graph
+    with mock.patch.object(intake, "read_graph",
+                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+        yield inputs
 
 
 # -- the plugin's state, seen from a test ------------------------------------

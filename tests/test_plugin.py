@@ -21,7 +21,7 @@ from distributed.utils_test import (
     gen_cluster,
     inc,
 )
-from helpers import SMALL, blocked_reduction, pinned, slow_block
+from helpers import SMALL, blocked_reduction, graphs_read, pinned, slow_block
 from tornado.httpclient import AsyncHTTPClient
 
 import autorestrictor
@@ -607,10 +607,7 @@ async def test_sizes_are_learned_per_shape_not_only_per_prefix(c, s, a, b):
     assert learned.size("getitem", shape_thin) == 800
     assert 800 < learned.size("getitem") < 79_200  # the prefix's mean mixes them
     wide, thin = slices(2)
-    inputs = []
-    read = intake.read_graph
-    with mock.patch.object(intake, "read_graph",
-                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+    with graphs_read() as inputs:
         await c.gather(c.compute([wide.sum(), thin.sum()], optimize_graph=False))
     (got,) = inputs
     assert {got.nbytes[k] for k in got.dependencies if k[0] == wide.name} == {79_200}
@@ -629,10 +626,7 @@ async def test_sizes_are_learned_per_position_within_a_shape(c, s, a, b):
 
     await c.compute(uneven(1).sum(), optimize_graph=False)
     y = uneven(2)
-    inputs = []
-    read = intake.read_graph
-    with mock.patch.object(intake, "read_graph",
-                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+    with graphs_read() as inputs:
         await c.compute(y.sum(), optimize_graph=False)
     (got,) = inputs
     sizes = {k: got.nbytes[k] for k in got.dependencies if k[0] == y.name}
@@ -663,10 +657,7 @@ async def test_groups_of_one_shape_are_told_apart_by_their_layout(c, s, a, b):
     assert learning.shape_of(wide.name, 6) == learning.shape_of(tall.name, 6)
     await c.gather(c.compute([wide.sum(), tall.sum()], optimize_graph=False))
     wide, tall = pair(2)
-    inputs = []
-    read = intake.read_graph
-    with mock.patch.object(intake, "read_graph",
-                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+    with graphs_read() as inputs:
         await c.gather(c.compute([wide.sum(), tall.sum()], optimize_graph=False))
     (got,) = inputs
     want = {**sizes(wide), **sizes(tall)}
@@ -680,10 +671,7 @@ async def test_a_finished_graph_weighs_on_no_worker_in_the_next_plan(c, s, a, b)
     would get less of the second)."""
     await c.register_plugin(AutoRestrictor())
     await c.compute(seed_like(n_chunks=20))
-    inputs = []
-    read = intake.read_graph
-    with mock.patch.object(intake, "read_graph",
-                           lambda *a, **k: inputs.append(read(*a, **k)) or inputs[-1]):
+    with graphs_read() as inputs:
         await c.compute(seed_like(n_chunks=20, rows=1001))
     (got,) = inputs
     assert got.busy == {a.address: 0.0, b.address: 0.0}
