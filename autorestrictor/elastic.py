@@ -58,9 +58,10 @@ def split_move(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequen
     A unit's first task always goes. Any other task goes if at least half
     of its inputs go too; otherwise it stays with the donor (the top of a
     reduction whose last block moves): at the seam, the smaller side's
-    result travels, as the planner's seams do. Two passes: the second sees
-    what the first left behind. ``dependencies`` lacks keys that no longer
-    exist (they go with their unit).
+    result travels, as the planner's seams do. Decided inputs first, so a
+    chain whose head stays stays whole, in whatever order a unit lists it
+    (:func:`seams` prices the same rule). ``dependencies`` lacks keys that
+    no longer exist (they go with their unit).
 
     Returns
     -------
@@ -79,22 +80,46 @@ def split_move(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequen
     >>> split_move([["b", "t"]], {"b": [], "t": ["a", "b", "c"]})
     ([['b']], ['t'])
     """
-    moving = {k for u in units for k in u}
-    staying: list = []
-    going = [list(u) for u in units]
-    for _ in range(2):
-        for i, u in enumerate(going):
-            keep = [u[0]]
-            for k in u[1:]:
-                deps = dependencies.get(k, ())
-                inside = sum(d in moving for d in deps)
-                if 2 * inside < len(deps):
-                    staying.append(k)
-                    moving.discard(k)
-                else:
-                    keep.append(k)
-            going[i] = keep
+    reach = _reach(units, dependencies)
+    going = [[k for k in u if reach[k] >= 0] for u in units]
+    staying = [k for u in units for k in u if reach[k] < 0]
     return going, staying
+
+
+def _reach(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequence[Key]]
+           ) -> dict:
+    """For each task of ``units``, the last cut that moves it (-1: none does).
+
+    A cut before unit ``s`` moves units ``s..``; a task moves with it if it
+    is its unit's first task, or if at least half of its inputs move (an
+    input outside ``units`` never does). So a task moves for the cuts up to
+    its unit's index, or up to the cut that still moves half its inputs,
+    whichever is smaller. Inputs before readers (depth-first), so the order
+    within a unit does not matter. Linear in the tasks and their edges.
+    """
+    pos = {k: i for i, u in enumerate(units) for k in u}
+    firsts = {u[0] for u in units if len(u)}
+    reach: dict = {}
+    for k in pos:
+        stack = [k]
+        while stack:
+            key = stack[-1]
+            if key in reach:
+                stack.pop()
+                continue
+            deps = dependencies.get(key)
+            if key in firsts or not deps:  # (no longer exists: goes with its unit)
+                reach[key] = pos[key]
+                stack.pop()
+                continue
+            todo = [d for d in deps if d in pos and d not in reach]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            ins = sorted((reach[d] if d in pos else -1 for d in deps), reverse=True)
+            reach[key] = min(pos[key], ins[(len(ins) + 1) // 2 - 1])
+    return reach
 
 
 def seams(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequence[Key]],
@@ -126,31 +151,7 @@ def seams(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequence[Ke
     """
     n = len(units)
     pos = {k: i for i, u in enumerate(units) for k in u}
-    firsts = {u[0] for u in units}
-    reach: dict = {}  # key -> last cut that moves it
-    for k in pos:  # depth-first, inputs before the tasks that read them
-        if k in reach or k not in dependencies:
-            continue
-        stack = [k]
-        while stack:
-            key = stack[-1]
-            if key in reach:
-                stack.pop()
-                continue
-            deps = dependencies[key]
-            first = key in firsts
-            todo = [d for d in deps if d in pos and d not in reach and not first]
-            if todo:
-                stack.extend(todo)
-                continue
-            stack.pop()
-            i = pos[key]
-            if first or not deps:
-                reach[key] = i
-                continue
-            # split_move keeps a task whose moving inputs are fewer than half
-            ins = sorted((reach[d] if d in pos else -1 for d in deps), reverse=True)
-            reach[key] = min(i, ins[(len(ins) + 1) // 2 - 1])
+    reach = _reach(units, dependencies)  # key -> last cut that moves it
 
     diff = [0.0] * (n + 1)
 
@@ -160,7 +161,7 @@ def seams(units: Sequence[Sequence[Key]], dependencies: Mapping[Key, Sequence[Ke
             diff[max(a, b) + 1] -= nb
 
     for k, b in reach.items():
-        for d in dependencies[k]:  # inputs: from the run, or from what stays
+        for d in dependencies.get(k, ()):  # inputs: from the run, or from what stays
             if d in pos:
                 cross(reach[d], b, nbytes.get(d, 0.0))
             elif d in stays:

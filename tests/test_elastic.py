@@ -91,15 +91,11 @@ async def test_seams_count_what_crosses_each_cut(c, s, a, b):
     assert len(units) > 4
     seams = elastic.seams(**intake.seam_inputs(s, addr, units, plugin.state.learned))
 
-    def moving(cut):
-        keys = {k for u in units[cut:] for k in u.keys}
-        for _ in range(2):  # as split_move: a task with fewer than half its inputs moving stays
-            for u in units[cut:]:
-                for k in u.keys[1:]:
-                    deps = s.tasks[k].dependencies
-                    if 2 * sum(d.key in keys for d in deps) < len(deps):
-                        keys.discard(k)
-        return keys
+    def moving(cut):  # what a move of units[cut:] carries out
+        going, _ = elastic.split_move(
+            [u.keys for u in units[cut:]],
+            {k: [d.key for d in s.tasks[k].dependencies] for u in units[cut:] for k in u.keys[1:]})
+        return {k for keys in going for k in keys}
 
     def side(ts, moves):
         if ts.key in moves:
