@@ -1142,11 +1142,17 @@ def _round_seams(
     n = len(out)
     before = np.r_[0.0, np.cumsum(load)]  # load of items [0, j)
     seams = np.searchsorted(out, np.arange(1, len(edges)))  # first item of worker k + 1
+    share = np.diff(np.r_[0.0, edges])
     prev = 0
     for k, s in enumerate(seams.tolist()):
+        # within ``slack`` of the even cut, and worker k's run within its
+        # own slack of its share: two seams moving towards each other must
+        # not leave the worker between them short by both
         h = min(slack[k], slack[k + 1])
-        lo = max(int(np.searchsorted(before, edges[k] - h, side="left")), prev, 1)
-        hi = min(int(np.searchsorted(before, edges[k] + h, side="right")), n)
+        low = max(edges[k] - h, before[prev] + share[k] - slack[k])
+        high = min(edges[k] + h, before[prev] + share[k] + slack[k])
+        lo = max(int(np.searchsorted(before, low, side="left")), prev, 1)
+        hi = min(int(np.searchsorted(before, high, side="right")), n)
         if hi > lo:
             cand = np.arange(lo, hi)
             power = cand & -cand

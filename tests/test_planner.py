@@ -747,11 +747,12 @@ def _column_sum(n: int = 200, split_every: int = 4):
 
 def test_a_balanced_column_sum_gives_each_worker_one_stretch_of_columns():
     """The README's example as dask.order walks it: one subtree entered
-    part-way through, columns from the last. Balanced to a few percent,
-    each worker still holds one stretch of neighbouring columns, its seams
-    on round column numbers (a multiple of 4 cuts no first-level partial
-    sum), and the partial sums at each seam sit where most of their inputs
-    are: two or three results cross per seam, one per level of the tree cut."""
+    part-way through, columns from the last. Every worker within 5% of its
+    share, each still holds one stretch of neighbouring columns, and the
+    partial sums at each seam sit where most of their inputs are: two or
+    three results cross per seam, one per level of the tree cut. (200
+    columns in runs of 4 make stretches of 48 or 52, 5% short or over, so
+    one seam cannot sit on a multiple of 4 and sends a few columns more.)"""
     deps, cols = _column_sum()
     walk = [*range(159, 127, -1), *range(191, 159, -1), *range(127, -1, -1),
             *range(199, 191, -1)]
@@ -767,10 +768,11 @@ def test_a_balanced_column_sum_gives_each_worker_one_stretch_of_columns():
     stretches = [w for i, w in enumerate(where) if i == 0 or w != where[i - 1]]
     assert len(stretches) == len(set(stretches)) == 4, stretches
     load = Counter(at.values())
-    assert max(load.values()) <= 1.05 * len(at) / 4, load
+    share = len(at) / 4
+    assert all(abs(n / share - 1) <= 0.05 for n in load.values()), load
     crossing = {(d, at[k]) for k, ins in deps.items() if k in at
                 for d in ins if d in at and at[d] != at[k]}
-    assert len(crossing) <= 8, sorted(crossing, key=str)
+    assert len(crossing) <= 10, sorted(crossing, key=str)
 
 
 def test_groups_smaller_than_a_share_are_split_when_whole_ones_cannot_balance():
