@@ -159,18 +159,22 @@ def move(scheduler, queues: Queues, roots: list, rest: list, donor: str, thief: 
             ts.worker_restrictions = pin
 
 
-def unpin(scheduler, queues: Queues, keys: list) -> None:
+def unpin(scheduler, queues: Queues, keys: list, requeue: bool = False) -> None:
     """Give ``keys`` back to Dask: no restriction, and those in ``no-worker``
-    are sent on. (Unpinned tasks in no-worker are picked up by the scheduler
-    as soon as any worker arrives: ``bulk_schedule_unrunnable_after_adding_worker``.)"""
+    are sent on, or with ``requeue`` released, so that Dask decides again
+    as for a new task: a root then joins Dask's own queue instead of going
+    to a worker at once. (Unpinned tasks in no-worker are picked up by the
+    scheduler as soon as any worker arrives:
+    ``bulk_schedule_unrunnable_after_adding_worker``.)"""
     recs = {}
+    then = "released" if requeue else "processing"
     for k in keys:
         queues.held_at.pop(k, None)
         ts = scheduler.tasks.get(k)
         if ts is not None:
             ts.worker_restrictions = set()
             if ts.state == "no-worker" and scheduler.running:
-                recs[k] = "processing"
+                recs[k] = then
     transitions(scheduler, recs, f"autorestrictor-unpin-{time()}")
 
 

@@ -47,6 +47,7 @@ class Options:
     rebalance_min_left: float
     rebalance_interval: float
     paused_timeout: float
+    memory_tolerance: float
     check_interval: float
     history: int
 

@@ -312,6 +312,57 @@ def default_estimate(
     return Estimate(moved, finish, _open_peaks(g, where, rank, size, len(workers)), plan_peak)
 
 
+def peaks(
+    dependencies: Mapping[Key, Iterable[Key]],
+    workers: Mapping[str, int],
+    assignment: Mapping[Key, str],
+    priority: Mapping[Key, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each worker's peak of open results, in results (every size one), under
+    ``assignment`` (key -> worker; the other tasks run where most of their
+    inputs are) and under Dask's default: the two peaks of
+    :func:`default_estimate`, without its bytes and times.
+
+    A sum of sixteen chunks, two per combining task, on two workers,
+    depth-first: each worker that runs eight neighbouring chunks holds an
+    open partial sum at every level of its half of the tree, where under
+    Dask's default both workers work on one branch at a time:
+
+    >>> deps = {f"c{i}": [] for i in range(16)}
+    >>> order = []  # depth-first, as dask.order runs a tree reduction
+    >>> def combine(keys, level):
+    ...     if len(keys) == 1:
+    ...         order.append(keys[0])
+    ...         return keys[0]
+    ...     ins = [combine(keys[: len(keys) // 2], level - 1),
+    ...            combine(keys[len(keys) // 2 :], level - 1)]
+    ...     key = f"p{level}-{keys[0]}"
+    ...     deps[key] = ins
+    ...     order.append(key)
+    ...     return key
+    >>> top = combine([f"c{i}" for i in range(16)], 4)
+    >>> priority = {k: i for i, k in enumerate(order)}
+    >>> at = {f"c{i}": "a" if i < 8 else "b" for i in range(16)}
+    >>> [p.tolist() for p in peaks(deps, {"a": 1, "b": 1}, at, priority)]
+    [[5.0, 5.0], [4.0, 4.0]]
+
+    Complexity: O(edges log edges).
+    """
+    g = build_graph(dependencies)
+    size = np.ones(g.n)
+    rank = per_node(g, priority, default=np.inf, name="priority", nonnegative=False)
+    index = {w: i for i, w in enumerate(workers)}
+    planned = np.full(g.n, -1, dtype=np.int64)
+    for k, w in assignment.items():
+        i = g.index.get(k)
+        if i is not None and w in index:
+            planned[i] = index[w]
+    _place_by_inputs(g, planned, size, len(workers), spread=True)
+    default = _default_placement(g, workers, size, priority, spread=True)
+    return (_open_peaks(g, planned, rank, size, len(workers)),
+            _open_peaks(g, default, rank, size, len(workers)))
+
+
 def _open_peaks(g, where: np.ndarray, rank: np.ndarray, size: np.ndarray,
                 n_w: int) -> np.ndarray:
     """Each worker's peak of open results under one placement (``where``

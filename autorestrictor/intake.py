@@ -424,6 +424,25 @@ def output_bytes(ts, learned: Learned) -> float:
     return learned.size(ts.prefix.name if ts.prefix is not None else None, sh)
 
 
+def pinned_work(scheduler, runs: dict[str, list[Unit]]) -> tuple[dict, dict, dict, dict]:
+    """The pinned tasks not yet run, for :func:`autorestrictor.datamap.peaks`:
+    ``(dependencies, key -> worker, key -> rank in Dask's priority order,
+    running worker -> threads)``. Inputs that are not pinned (in memory, or
+    Dask's) appear only among the dependencies. Linear in the pinned tasks
+    and their inputs, plus a sort of their priorities."""
+    tasks = scheduler.tasks
+    at: dict = {}
+    for addr, units in runs.items():
+        for u in units:
+            for k in pending(tasks, u.keys, addr):
+                at[k] = addr
+    deps = {k: [d.key for d in tasks[k].dependencies] for k in at}
+    order = sorted(at, key=lambda k: tasks[k].priority or ())
+    rank = {k: float(i) for i, k in enumerate(order)}
+    workers = {ws.address: ws.nthreads for ws in scheduler.running}
+    return deps, at, rank, workers
+
+
 def pending(tasks, keys: list, addr: str) -> list:
     """The keys of a unit still pinned by us (to ``addr`` or held) and not yet run."""
     mine = ({addr}, {HOLD})

@@ -11,10 +11,11 @@ changes go through :mod:`autorestrictor.actions`.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from time import monotonic, time
 
-from autorestrictor import actions, intake, records, recovery
+from autorestrictor import actions, datamap, intake, records, recovery, spilling
 from autorestrictor.state import HOLD, State, Unit, by_priority
 
 
@@ -102,10 +103,41 @@ def check_unavailable(scheduler, st: State) -> bool:
     return moved
 
 
-def unpin(scheduler, st: State, keys: list, why: str) -> None:
-    """Give ``keys`` back to Dask, and say why."""
-    actions.unpin(scheduler, st.queues, keys)
+def unpin(scheduler, st: State, keys: list, why: str, requeue: bool = False) -> None:
+    """Give ``keys`` back to Dask, and say why (``requeue``: see
+    :func:`autorestrictor.actions.unpin`)."""
+    actions.unpin(scheduler, st.queues, keys, requeue)
     records.unpin_record(scheduler, len(keys), why)
+
+
+def check_memory(scheduler, st: State) -> bool:
+    """Hand the unstarted pinned work back to Dask while a worker that has
+    some writes to disk, if it is predicted to hold more open results than
+    Dask's default would (:mod:`autorestrictor.spilling`). The prediction
+    is made once per spell of spilling and set of plans. Returns whether
+    anything was handed back."""
+    on_disk = {a: float(ws.memory.spilled) for a, ws in scheduler.workers.items()}
+    before, st.on_disk = st.on_disk, on_disk
+    if not st.has_runs():
+        return False
+    who = spilling.spilling(on_disk, before, st.run_workers())
+    if not who or st.memory_checked == st.n_plans:
+        return False
+    st.memory_checked = st.n_plans
+    deps, at, rank, workers = intake.pinned_work(scheduler, st.runs)
+    if not at or not workers:
+        return False
+    plan_peak, default_peak = datamap.peaks(deps, workers, at, rank)
+    why = spilling.verdict(who, float(plan_peak.max()), float(default_peak.max()),
+                           st.options.memory_tolerance)
+    if why is None:
+        return False
+    keys = list({**dict.fromkeys(at), **dict.fromkeys(st.queues.held_at)})
+    st.built.clear()
+    st.batches.clear()
+    st.queues.clear()
+    unpin(scheduler, st, keys, why, requeue=not math.isinf(intake.saturation(scheduler)))
+    return True
 
 
 def prune(scheduler, st: State) -> None:

@@ -136,6 +136,7 @@ class AutoRestrictor(SchedulerPlugin):
         st = self.state
         try:
             moved = membership.sweep(self.scheduler, st)
+            membership.check_memory(self.scheduler, st)
             if membership.check_unavailable(self.scheduler, st) or moved:
                 self._schedule_release()
             # a graph kept for want of workers, once joining has settled

@@ -220,6 +220,8 @@ class State:
     deferred: deque[Deferred] = dataclasses.field(
         default_factory=lambda: deque(maxlen=MAX_DEFERRED))
     joined_at: float = -math.inf  # monotonic time a worker last joined
+    on_disk: dict[str, float] = dataclasses.field(default_factory=dict)  # spilled bytes
+    memory_checked: int = -1  # n_plans when the pins' peak was last predicted
 
     def __post_init__(self) -> None:
         self.keep(self.options)

@@ -16,15 +16,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "autorestrictor"
 
 #: The pure policies and the planner: plain data in, decisions out.
 PURE = ["planner.py", "graph.py", "rebalance.py", "datamap.py", "learning.py",
-        "admission.py", "elastic.py", "recovery.py", "state.py"]
+        "admission.py", "elastic.py", "recovery.py", "state.py", "spilling.py"]
 #: Modules that run inside the scheduler: the pure core, and the adapter
 #: that reads the scheduler, acts on it and records what it did.
-CORE = [*PURE[:3], *PURE[4:], "plugin.py", "planning.py", "intake.py", "actions.py", "balancing.py",
+CORE = [*PURE, "plugin.py", "planning.py", "intake.py", "actions.py", "balancing.py",
         "membership.py", "records.py", "compat.py", "config.py", "http.py"]
 #: Modules outside the scheduler's hot path: the dashboard page (imported
 #: only when the scheduler serves Bokeh's dashboard) and explain() (client
 #: side). Their functions are kept short too.
-VIEWS = ["dashboard.py", "explanation.py", "datamap.py"]
+VIEWS = ["dashboard.py", "explanation.py"]
 
 MAX_FUNCTION_LINES = 80
 
@@ -80,7 +80,7 @@ def test_core_does_not_import_the_tools(name):
 
 
 @pytest.mark.parametrize("name", ["planner", "rebalance", "graph", "datamap", "explanation",
-                                  "learning", "admission", "elastic", "recovery"])
+                                  "learning", "admission", "elastic", "recovery", "spilling"])
 def test_docstring_examples_run(name):
     import doctest
     import importlib

@@ -72,3 +72,61 @@ async def test_no_root_waits_for_memory_without_a_limit_or_far_below_it(c, s, a,
     result, expected = await _run(c, s, (a, b))
     assert result == expected
     assert s._autorestrictor.queues.n_memory_waits == 0
+
+
+# -- a worker that writes to disk: pinned work goes back to Dask, or stays ---
+
+
+async def _spill_on(c, s, workers, addr: str) -> None:
+    """Make ``addr`` write 8 MiB to disk and tell the scheduler at once."""
+    w = next(w for w in workers if w.address == addr)
+    await c.scatter(np.ones(MB), workers=[addr])
+    w.data.evict()  # the oldest (only) key goes to disk
+    await w.heartbeat()
+    assert s.workers[addr].memory.spilled > 0
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=LIMITED, timeout=60,
+             worker_kwargs={"memory_limit": 10**9})
+async def test_pinned_work_goes_back_to_dask_when_its_worker_spills(c, s, a, b):
+    """A column sum cut into one run per worker holds a partial sum open at
+    every level of each run, more than Dask's default would (predicted).
+    Once a worker with pinned work writes to disk, every pinned task not yet
+    started goes back to Dask, the record says why, and the result is whole."""
+    from distributed.utils_test import async_poll_for
+    from helpers import blocked_reduction, pinned
+
+    ev, fut = await blocked_reduction(c, s, 64, check_interval=0.05)
+    await _spill_on(c, s, [a, b], max(pinned(s), key=pinned(s).get))
+    await async_poll_for(lambda: not pinned(s), timeout=10)
+    assert not s.plugins["autorestrictor"].state.queues.held_at
+    reasons = [e["reason"] for _, e in s.get_events("autorestrictor")
+               if e.get("action") == "unpinned"]
+    assert reasons and "writes to disk" in reasons[-1], reasons
+    await ev.set()
+    assert ((await fut) == 64).all()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=LIMITED, timeout=60,
+             worker_kwargs={"memory_limit": 10**9})
+async def test_pinned_work_stays_when_it_holds_no_more_than_dask_would(c, s, a, b):
+    """Independent chains hold one result each, as under Dask's default: a
+    worker that writes to disk is no reason to give them back."""
+    import dask.array as da
+    from distributed import Event
+    from distributed.utils_test import async_poll_for
+    from helpers import pinned, slow_block
+
+    await c.register_plugin(AutoRestrictor(check_interval=0.05))
+    ev = Event()
+    x = da.ones((100, 40), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    x = x.map_blocks(lambda b: b + 1, dtype=float)
+    futs = c.compute(x.to_delayed().ravel().tolist())
+    await async_poll_for(lambda: pinned(s), timeout=5)
+    before = sum(pinned(s).values())
+    st = s.plugins["autorestrictor"].state
+    await _spill_on(c, s, [a, b], max(pinned(s), key=pinned(s).get))
+    await async_poll_for(lambda: st.memory_checked == st.n_plans, timeout=10)
+    assert sum(pinned(s).values()) == before
+    await ev.set()
+    assert all((r == 2).all() for r in await c.gather(futs))
