@@ -436,9 +436,21 @@ def pinned_work(scheduler, runs: dict[str, list[Unit]]) -> tuple[dict, dict, dic
         for u in units:
             for k in pending(tasks, u.keys, addr):
                 at[k] = addr
-    deps = {k: [d.key for d in tasks[k].dependencies] for k in at}
-    order = sorted(at, key=lambda k: tasks[k].priority or ())
-    rank = {k: float(i) for i, k in enumerate(order)}
+    return _work(scheduler, [tasks[k] for k in at], at)
+
+
+def planned_work(scheduler, tss: list, assignment: dict) -> tuple[dict, dict, dict, dict]:
+    """The same as :func:`pinned_work` for a new graph's tasks ``tss`` and the
+    plan's ``assignment`` (the tasks it leaves to Dask have no worker)."""
+    return _work(scheduler, tss, assignment)
+
+
+def _work(scheduler, tss: list, at: dict) -> tuple[dict, dict, dict, dict]:
+    # in priority order, so that the estimate's ties fall the same way
+    # whatever order the workers' runs were read in
+    order = sorted(tss, key=lambda ts: ts.priority or ())
+    deps = {ts.key: [d.key for d in ts.dependencies] for ts in order}
+    rank = {ts.key: float(i) for i, ts in enumerate(order)}
     workers = {ws.address: ws.nthreads for ws in scheduler.running}
     return deps, at, rank, workers
 

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 from time import perf_counter
 
-from autorestrictor import actions, intake, membership, records
+from autorestrictor import actions, datamap, intake, membership, records, spilling
 from autorestrictor.planner import Plan, plan
 from autorestrictor.state import Batch, Deferred, State
 
@@ -50,7 +50,25 @@ def plan_graph(scheduler, st: State, keys: list, annotations: dict) -> bool:
         level = logging.DEBUG if "min-tasks" in (p.reason or "") else logging.INFO
         records.plan_record(scheduler, st, summary, start, level=level)
         return False
+    why = _memory_verdict(scheduler, st, p, tss)
+    if why is not None:
+        summary = {**p.summary(), "n_pinned": 0, "pinned_per_worker": {}, "reason": why}
+        records.plan_record(scheduler, st, summary, start)
+        return False
     return _apply_and_record(scheduler, st, p, tss, timing, start, {})
+
+
+def _memory_verdict(scheduler, st: State, p: Plan, tss: list) -> str | None:
+    """While a worker has data on disk, a plan that would hold more open
+    results than Dask's default is not applied (:mod:`autorestrictor.spilling`).
+    The prediction costs a pass over the graph, made only then."""
+    on_disk = [a for a, ws in scheduler.workers.items() if ws.memory.spilled > 0]
+    if not on_disk:
+        return None
+    deps, at, rank, workers = intake.planned_work(scheduler, tss, p.assignment)
+    plan_peak, default_peak = datamap.peaks(deps, workers, at, rank)
+    return spilling.verdict(on_disk, float(plan_peak.max()), float(default_peak.max()),
+                            st.options.memory_tolerance, what="this graph's plan")
 
 
 def late_plans(scheduler, st: State) -> bool:

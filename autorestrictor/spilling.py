@@ -8,12 +8,13 @@ nothing. On a worker near its ``memory_limit`` it costs bytes spilled to
 disk: Dask's workers write managed data out past
 ``distributed.worker.memory.spill`` of the limit.
 
-So while a worker that has pinned work not yet started writes to disk, the
-plugin compares the peak of open results the pinned work is predicted to
-reach (:func:`autorestrictor.datamap.peaks`) with what Dask's default
-would reach on the same tasks. Beyond ``memory-tolerance``, the unstarted
-work is handed back to Dask, which runs it as it would have, and the
-record says why.
+So while a worker that has pinned work not yet started writes to disk (or,
+when a graph arrives, while any worker has data on disk), the plugin
+compares the peak of open results the pinned work is predicted to reach
+(:func:`autorestrictor.datamap.peaks`) with what Dask's default would
+reach on the same tasks. Beyond ``memory-tolerance``, the unstarted
+work is handed back to Dask (or the new graph is left to it), which runs
+it as it would have, and the record says why.
 
 Pure: plain numbers in, a decision out; it never imports ``distributed``.
 """
@@ -34,12 +35,13 @@ def spilling(on_disk: Mapping[str, float], before: Mapping[str, float],
 
 
 def verdict(workers: Collection[str], plan_peak: float, default_peak: float,
-            tolerance: float) -> str | None:
-    """Why the unstarted pinned work goes back to Dask, or ``None`` to keep it.
+            tolerance: float, what: str = "the pinned work not yet started") -> str | None:
+    """Why ``what`` goes (back) to Dask, or ``None`` to keep it pinned.
 
-    ``workers`` spill to disk (:func:`spilling`); ``plan_peak`` and
-    ``default_peak`` are the fullest worker's predicted peak of open
-    results under the pins and under Dask's default.
+    ``workers`` write to disk (:func:`spilling`), or have data there when a
+    graph arrives; ``plan_peak`` and ``default_peak`` are the fullest
+    worker's predicted peak of open results under the pins and under
+    Dask's default.
 
     >>> verdict(["w1"], plan_peak=12, default_peak=10, tolerance=0.1)[:40]
     'w1 writes to disk, and the pinned work n'
@@ -53,6 +55,6 @@ def verdict(workers: Collection[str], plan_peak: float, default_peak: float,
     first = sorted(workers)[0]
     more = f" (and {len(workers) - 1} more)" if len(workers) > 1 else ""
     ratio = plan_peak / default_peak if default_peak > 0 else float("inf")
-    return (f"{first}{more} writes to disk, and the pinned work not yet started is "
-            f"predicted to hold {ratio:.2f}x the open results Dask's default would "
+    return (f"{first}{more} writes to disk, and {what} is predicted to hold "
+            f"{ratio:.2f}x the open results Dask's default would "
             f"(memory-tolerance {tolerance:g}): left to Dask")

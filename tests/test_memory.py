@@ -86,9 +86,9 @@ async def _spill_on(c, s, workers, addr: str) -> None:
     assert s.workers[addr].memory.spilled > 0
 
 
-@gen_cluster(client=True, nthreads=[("", 1)] * 2, config=LIMITED, timeout=60,
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=LIMITED, timeout=60,
              worker_kwargs={"memory_limit": 10**9})
-async def test_pinned_work_goes_back_to_dask_when_its_worker_spills(c, s, a, b):
+async def test_pinned_work_goes_back_to_dask_when_its_worker_spills(c, s, *workers):
     """A column sum cut into one run per worker holds a partial sum open at
     every level of each run, more than Dask's default would (predicted).
     Once a worker with pinned work writes to disk, every pinned task not yet
@@ -96,15 +96,15 @@ async def test_pinned_work_goes_back_to_dask_when_its_worker_spills(c, s, a, b):
     from distributed.utils_test import async_poll_for
     from helpers import blocked_reduction, pinned
 
-    ev, fut = await blocked_reduction(c, s, 64, check_interval=0.05)
-    await _spill_on(c, s, [a, b], max(pinned(s), key=pinned(s).get))
+    ev, fut = await blocked_reduction(c, s, 128, check_interval=0.05)
+    await _spill_on(c, s, workers, max(pinned(s), key=pinned(s).get))
     await async_poll_for(lambda: not pinned(s), timeout=10)
     assert not s.plugins["autorestrictor"].state.queues.held_at
     reasons = [e["reason"] for _, e in s.get_events("autorestrictor")
                if e.get("action") == "unpinned"]
     assert reasons and "writes to disk" in reasons[-1], reasons
     await ev.set()
-    assert ((await fut) == 64).all()
+    assert ((await fut) == 128).all()
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, config=LIMITED, timeout=60,
@@ -130,3 +130,23 @@ async def test_pinned_work_stays_when_it_holds_no_more_than_dask_would(c, s, a, 
     assert sum(pinned(s).values()) == before
     await ev.set()
     assert all((r == 2).all() for r in await c.gather(futs))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 4, config=LIMITED, timeout=60,
+             worker_kwargs={"memory_limit": 10**9})
+async def test_a_graph_arriving_while_a_worker_has_data_on_disk_is_left_to_dask(c, s, *workers):
+    """The same column sum, submitted while a worker has data on disk: its
+    plan is not applied, the record says why, and the result is whole."""
+    import dask.array as da
+    from distributed import Event
+    from helpers import pinned, slow_block
+
+    await c.register_plugin(AutoRestrictor())
+    await _spill_on(c, s, workers, workers[0].address)
+    ev = Event()
+    await ev.set()
+    x = da.ones((100, 128), chunks=(100, 1)).map_blocks(slow_block, ev, dtype=float)
+    assert ((await c.compute(x.sum(axis=1))) == 128).all()
+    record = s.plugins["autorestrictor"].history[-1]
+    assert "writes to disk" in (record["reason"] or ""), record
+    assert not pinned(s)
