@@ -701,7 +701,8 @@ def assign(
     even = (total + a.busy.sum()) * threads / threads.sum()  # all finish together
     capacity = np.maximum(even - a.busy - placed_load, 0.0)
     piece_worker[free] = _deal(piece_load[free], capacity, opts.balance_tolerance,
-                               round_within=opts.balance_tolerance if fine else None)
+                               round_within=opts.balance_tolerance if fine else None,
+                               cut_cost=_cut_cost(a, nodes, piece, free) if fine else None)
     worker_of[nodes] = piece_worker[piece]
     piece_of[nodes] = piece
     if not split.any():
@@ -1051,8 +1052,34 @@ def _left_to_dask(
     )
 
 
+def _cut_cost(a: Analysis, nodes: np.ndarray, piece: np.ndarray,
+              free: np.ndarray) -> np.ndarray:
+    """Bytes a seam before each dealt item would send, were it the only seam.
+
+    Items are the ``free`` pieces in the order they are dealt; entry ``j``
+    (of ``len(items) + 1``) is the size of every output read across a seam
+    between items ``j - 1`` and ``j``: an edge between items ``i < k`` is cut
+    by every seam ``i < j <= k``. Edges to nodes outside ``nodes`` or in
+    pieces that follow placed data cross no seam of the deal.
+
+    Complexity: O(edges) with one cumulative sum.
+    """
+    item = np.full(len(free), -1, dtype=np.int64)
+    item[free] = np.arange(int(free.sum()))
+    where = np.full(a.g.n, -1, dtype=np.int64)
+    where[nodes] = item[piece]
+    i, k = where[a.g.src], where[a.g.dst]
+    e = (i >= 0) & (k >= 0) & (i != k)
+    lo, hi = np.minimum(i[e], k[e]), np.maximum(i[e], k[e])
+    step = np.zeros(len(free) + 1 + 1)
+    np.add.at(step, lo + 1, a.size[a.g.src[e]])
+    np.add.at(step, hi + 1, -a.size[a.g.src[e]])
+    return np.cumsum(step)[: int(free.sum()) + 1]
+
+
 def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
-          round_within: float | None = None) -> np.ndarray:
+          round_within: float | None = None,
+          cut_cost: np.ndarray | None = None) -> np.ndarray:
     """Deal items (in order) to workers in contiguous runs. Returns a worker per item.
 
     Each worker takes items until it reaches its share of what is left; it
@@ -1085,7 +1112,7 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
         mid = np.cumsum(load) - load / 2
         out = np.minimum(np.searchsorted(edges, mid, side="right"), len(capacity) - 1)
         slack = tolerance / 2 if round_within is None else round_within
-        return _round_seams(out, load, edges, capacity * slack)
+        return _round_seams(out, load, edges, capacity * slack, cut_cost)
 
     out = np.empty(n_items, dtype=np.int64)
     last = len(capacity) - 1
@@ -1111,7 +1138,7 @@ def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
             cur, filled = cur + 1, 0.0
             cap = _share_of_rest(left, capacity, cur)
     if round_within is not None:
-        return _round_seams(out, load, np.cumsum(capacity), capacity * round_within)
+        return _round_seams(out, load, np.cumsum(capacity), capacity * round_within, cut_cost)
     return out
 
 
@@ -1122,44 +1149,81 @@ def _share_of_rest(left: float, capacity: np.ndarray, cur: int) -> float:
 
 
 def _round_seams(
-    out: np.ndarray, load: np.ndarray, edges: np.ndarray, slack: np.ndarray
+    out: np.ndarray, load: np.ndarray, edges: np.ndarray, slack: np.ndarray,
+    cut_cost: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Move each seam between two workers' runs to a round item number nearby.
+    """Move each seam between two workers' runs to a cheaper item number nearby.
 
-    Dask combines neighbouring chunks in aligned blocks: a tree reduction
-    with ``split_every=4`` joins chunks 0-3, 4-7, then 0-15, ...; a coarser
-    rechunk joins multiples of its factor. A seam at item 24 cuts no block of
-    4 or 8, a seam at 25 cuts one at every level. So where results are kept
-    (``persist``) and combined later, a seam at the item number with the most
-    factors of two within ``slack`` (half the balance tolerance, in load) of
-    the even cut saves one transfer per level. ``out`` is the even deal;
-    each seam moves at most ``slack``, so a worker stays within the balance
-    tolerance of its share.
+    ``out`` is the even deal; each seam moves within ``slack`` (in load) of
+    the even cut, and each worker's run stays within its own slack of its
+    share, so a worker stays within the balance tolerance of its share.
+    Among those places the seams are chosen together (one pass of dynamic
+    programming over the seams, a few candidates each) for the least
+    ``cut_cost`` in all, the bytes a seam before each item would send.
 
-    Complexity: O(items) in all: per seam, a search and a look at the items
-    within its slack.
+    Without costs, or where costs tie, a seam goes to the item number with
+    the most factors of two. Dask combines neighbouring chunks in aligned
+    blocks: a tree reduction with ``split_every=4`` joins chunks 0-3, 4-7,
+    then 0-15, ...; a coarser rechunk joins multiples of its factor. A seam
+    at item 24 cuts no block of 4 or 8, a seam at 25 cuts one at every
+    level, so where results are kept (``persist``) and combined later the
+    round number saves one transfer per level.
+
+    Complexity: O(items) to find the candidates, then O(seams x
+    candidates^2) with at most ``_SEAM_CANDIDATES`` per seam.
     """
     n = len(out)
     before = np.r_[0.0, np.cumsum(load)]  # load of items [0, j)
-    seams = np.searchsorted(out, np.arange(1, len(edges)))  # first item of worker k + 1
+    even = np.searchsorted(out, np.arange(1, len(edges)))  # first item of worker k + 1
     share = np.diff(np.r_[0.0, edges])
-    prev = 0
-    for k, s in enumerate(seams.tolist()):
-        # within ``slack`` of the even cut, and worker k's run within its
-        # own slack of its share: two seams moving towards each other must
-        # not leave the worker between them short by both
+    options = []
+    for k, s in enumerate(even.tolist()):
         h = min(slack[k], slack[k + 1])
-        low = max(edges[k] - h, before[prev] + share[k] - slack[k])
-        high = min(edges[k] + h, before[prev] + share[k] + slack[k])
-        lo = max(int(np.searchsorted(before, low, side="left")), prev, 1)
-        hi = min(int(np.searchsorted(before, high, side="right")), n)
-        if hi > lo:
-            cand = np.arange(lo, hi)
-            power = cand & -cand
-            best = cand[power == power.max()]
-            s = int(best[np.argmin(np.abs(best - s))])
-        seams[k] = prev = max(s, prev)
+        lo = max(int(np.searchsorted(before, edges[k] - h, side="left")), 1)
+        hi = min(int(np.searchsorted(before, edges[k] + h, side="right")), n)
+        cand = np.arange(lo, hi) if hi > lo else np.array([min(max(s, 1), n)])
+        power = cand & -cand
+        price = np.zeros(len(cand)) if cut_cost is None else cut_cost[cand]
+        rank = np.lexsort((np.abs(cand - s), -power, price))[:_SEAM_CANDIDATES]
+        options.append((cand[rank], price[rank], -np.log2(np.maximum(power[rank], 1)),
+                        np.abs(cand[rank] - s)))
+    seams = _cheapest_path(options, before, share, slack)
+    if seams is None:  # no choice keeps every run within its slack: the even cut
+        seams = even
     return np.searchsorted(seams, np.arange(n), side="right")
+
+
+_SEAM_CANDIDATES = 24
+
+
+def _cheapest_path(options: list, before: np.ndarray, share: np.ndarray,
+                   slack: np.ndarray) -> np.ndarray | None:
+    """One candidate per seam, each run within its slack of its share, least
+    (price, then roundness, then distance) in all; ``None`` if none is."""
+    inf = (np.inf, 0.0, 0.0)
+    best = [(p, r, d) if abs(before[c] - share[0]) <= slack[0] else inf
+            for c, p, r, d in zip(*options[0])]
+    back = []
+    for k in range(1, len(options)):
+        prev_c = options[k - 1][0]
+        row, links = [], []
+        for c, p, r, d in zip(*options[k]):
+            run = before[c] - before[prev_c]
+            ok = (np.abs(run - share[k]) <= slack[k]) & (prev_c < c)
+            scores = [best[i] if ok[i] else inf for i in range(len(prev_c))]
+            i = min(range(len(scores)), key=scores.__getitem__)
+            t = scores[i]
+            row.append((t[0] + p, t[1] + r, t[2] + d))
+            links.append(i)
+        best, back = row, [*back, links]
+    i = min(range(len(best)), key=best.__getitem__)
+    if not np.isfinite(best[i][0]):
+        return None
+    picks = [i]
+    for links in reversed(back):
+        picks.append(links[picks[-1]])
+    picks.reverse()
+    return np.array([int(options[k][0][j]) for k, j in enumerate(picks)])
 
 
 def _tree_roots(

@@ -772,7 +772,38 @@ def test_a_balanced_column_sum_gives_each_worker_one_stretch_of_columns():
     assert all(abs(n / share - 1) <= 0.05 for n in load.values()), load
     crossing = {(d, at[k]) for k, ins in deps.items() if k in at
                 for d in ins if d in at and at[d] != at[k]}
-    assert len(crossing) <= 10, sorted(crossing, key=str)
+    assert len(crossing) <= 9, sorted(crossing, key=str)
+
+
+def test_seams_are_chosen_together_for_the_fewest_bytes():
+    """30 equal items on 3 workers, each seam free to move 2 items either
+    way, each run within 2 of its share. The first seam is cheapest at 12,
+    but from there the second must pass 20, where every place is dear;
+    chosen together the seams go to 9 and 19, which cost 2 in all."""
+    from autorestrictor.planner import _round_seams
+
+    load = np.ones(30)
+    out = np.repeat([0, 1, 2], 10)
+    cost = np.full(31, 5.0)
+    cost[12], cost[9], cost[19] = 1.0, 2.0, 0.0
+    worker = _round_seams(out, load, np.array([10.0, 20.0, 30.0]), np.full(3, 2.0), cost)
+    assert np.flatnonzero(np.diff(worker)).tolist() == [8, 18]  # seams before 9 and 19
+
+
+def test_a_balanced_sum_of_three_way_partials_cuts_few_partials():
+    """A sum over 300 columns with ``split_every=3`` on 4 workers, balanced
+    to within 5%: the seams go where the tree of partial sums is cut least
+    (a multiple of 3 or 9 is no round number in powers of two), so six
+    results cross in all."""
+    deps, _ = _column_sum(300, split_every=3)
+    p = plan(deps, W4, cost={k: 0.5 for k in deps}, bandwidth=1e8, min_tasks=1)
+    check_plan(p, deps, W4)
+    at = p.assignment
+    share = len(at) / 4
+    assert all(abs(n / share - 1) <= 0.05 for n in Counter(at.values()).values())
+    crossing = {(d, at[k]) for k, ins in deps.items() if k in at
+                for d in ins if d in at and at[d] != at[k]}
+    assert len(crossing) <= 6, sorted(crossing, key=str)
 
 
 def test_groups_smaller_than_a_share_are_split_when_whole_ones_cannot_balance():
