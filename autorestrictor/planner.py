@@ -1199,31 +1199,39 @@ _SEAM_CANDIDATES = 24
 def _cheapest_path(options: list, before: np.ndarray, share: np.ndarray,
                    slack: np.ndarray) -> np.ndarray | None:
     """One candidate per seam, each run within its slack of its share, least
-    (price, then roundness, then distance) in all; ``None`` if none is."""
-    inf = (np.inf, 0.0, 0.0)
-    best = [(p, r, d) if abs(before[c] - share[0]) <= slack[0] else inf
-            for c, p, r, d in zip(*options[0])]
+    (price, then roundness, then distance) in all; ``None`` if none is.
+
+    ``options[k]`` holds seam ``k``'s candidates and their three scores.
+    Scores are summed along a path and compared in that order: per seam,
+    each candidate takes the best feasible predecessor by its rank among
+    the predecessors' totals (one array pass over candidates x candidates).
+    """
+    if not options:
+        return np.zeros(0, dtype=np.int64)
+    cand, *scores = options[0]
+    totals = np.array(scores, dtype=np.float64)  # (3, candidates)
+    totals[0, np.abs(before[cand] - share[0]) > slack[0]] = np.inf
     back = []
     for k in range(1, len(options)):
-        prev_c = options[k - 1][0]
-        row, links = [], []
-        for c, p, r, d in zip(*options[k]):
-            run = before[c] - before[prev_c]
-            ok = (np.abs(run - share[k]) <= slack[k]) & (prev_c < c)
-            scores = [best[i] if ok[i] else inf for i in range(len(prev_c))]
-            i = min(range(len(scores)), key=scores.__getitem__)
-            t = scores[i]
-            row.append((t[0] + p, t[1] + r, t[2] + d))
-            links.append(i)
-        best, back = row, [*back, links]
-    i = min(range(len(best)), key=best.__getitem__)
-    if not np.isfinite(best[i][0]):
+        prev = cand
+        cand, *scores = options[k]
+        rank = np.empty(len(prev), dtype=np.int64)
+        rank[np.lexsort(totals[::-1])] = np.arange(len(prev))
+        run = before[cand][:, None] - before[prev][None, :]
+        ok = (np.abs(run - share[k]) <= slack[k]) & (prev[None, :] < cand[:, None])
+        ok &= np.isfinite(totals[0])[None, :]
+        pick = np.where(ok, rank[None, :], len(prev)).argmin(axis=1)
+        totals = totals[:, pick] + np.array(scores, dtype=np.float64)
+        totals[0, ~ok[np.arange(len(cand)), pick]] = np.inf
+        back.append(pick)
+    j = int(np.lexsort(totals[::-1])[0])
+    if not np.isfinite(totals[0, j]):
         return None
-    picks = [i]
-    for links in reversed(back):
-        picks.append(links[picks[-1]])
+    picks = [j]
+    for pick in reversed(back):
+        picks.append(int(pick[picks[-1]]))
     picks.reverse()
-    return np.array([int(options[k][0][j]) for k, j in enumerate(picks)])
+    return np.array([int(options[k][0][i]) for k, i in enumerate(picks)], dtype=np.int64)
 
 
 def _tree_roots(

@@ -790,6 +790,42 @@ def test_seams_are_chosen_together_for_the_fewest_bytes():
     assert np.flatnonzero(np.diff(worker)).tolist() == [8, 18]  # seams before 9 and 19
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_seams_chosen_together_cost_what_the_cheapest_choice_costs(seed):
+    """Random loads and prices, 2-5 workers: the seams' total price is the
+    least of every choice that keeps each seam within its slack of the even
+    cut and each run within its slack of its share (found by trying them
+    all), and every run is within that slack."""
+    import itertools
+
+    from autorestrictor.planner import _round_seams
+
+    rng = np.random.default_rng(seed)
+    n, w = int(rng.integers(12, 40)), int(rng.integers(2, 6))
+    load = rng.uniform(0.5, 1.5, n)
+    cost = rng.integers(0, 10, n + 1).astype(float)
+    share = np.full(w, load.sum() / w)
+    edges, slack = np.cumsum(share), share * rng.uniform(0.05, 0.3)
+    before = np.r_[0.0, np.cumsum(load)]
+    out = np.minimum(np.searchsorted(edges, np.cumsum(load) - load / 2, side="right"), w - 1)
+
+    def runs_fit(seams):
+        runs = np.diff(before[[0, *seams]])
+        return all(abs(r - share[k]) <= slack[k] for k, r in enumerate(runs))
+
+    windows = [[j for j in range(1, n) if abs(before[j] - edges[k])
+                <= min(slack[k], slack[k + 1])] for k in range(w - 1)]
+    feasible = [c for c in itertools.product(*windows)
+                if all(a < b for a, b in zip(c, c[1:])) and runs_fit(c)]
+    worker = _round_seams(out, load, edges, slack, cost)
+    seams = (np.flatnonzero(np.diff(worker)) + 1).tolist()
+    if not feasible:
+        assert worker.tolist() == out.tolist()  # nothing fits: the even deal
+        return
+    assert runs_fit(seams)
+    assert sum(cost[seams]) == min(sum(cost[list(c)]) for c in feasible)
+
+
 def test_a_balanced_sum_of_three_way_partials_cuts_few_partials():
     """A sum over 300 columns with ``split_every=3`` on 4 workers, balanced
     to within 5%: the seams go where the tree of partial sums is cut least
