@@ -838,8 +838,11 @@ async def test_slicing_tasks_weigh_nothing_in_the_plan(c, s, *workers):
     tasks that slice the stacked R's factor, all read by one task. Costed
     as unknown kinds (500 ms each, like a block QR), the slices made the
     worker that reads them look full (8, 8, 12 and 12 block QRs here; 5
-    against 11-12 in the bench's). Slices cost next to nothing: 9-11 each,
-    the worker that also factors the stacked R taking one fewer."""
+    against 11-12 in the bench's). Slices cost next to nothing: 8-11 each,
+    the worker that also factors the stacked R taking fewer. (Which plan is
+    taken, the one within ``balance-tolerance`` or the balanced one, 10
+    each, depends on the order the scheduler lists its workers in; the
+    first may leave one worker 8.)"""
     await c.register_plugin(AutoRestrictor())
     ran = _RanOn(s, "qr")
     s.add_plugin(ran, name="ran-on")
@@ -851,4 +854,4 @@ async def test_slicing_tasks_weigh_nothing_in_the_plan(c, s, *workers):
     np.testing.assert_allclose(got_r, want_r)
     assert s._autorestrictor.history[-1]["reason"] is None
     (blocks,) = [n for n in ran.where.values() if sum(n.values()) == 40]
-    assert len(blocks) == 4 and max(blocks.values()) - min(blocks.values()) <= 2, blocks
+    assert len(blocks) == 4 and max(blocks.values()) - min(blocks.values()) <= 3, blocks
