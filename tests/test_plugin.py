@@ -839,10 +839,9 @@ async def test_slicing_tasks_weigh_nothing_in_the_plan(c, s, *workers):
     as unknown kinds (500 ms each, like a block QR), the slices made the
     worker that reads them look full (8, 8, 12 and 12 block QRs here; 5
     against 11-12 in the bench's). Slices cost next to nothing: 8-11 each,
-    the worker that also factors the stacked R taking fewer. (Which plan is
-    taken, the one within ``balance-tolerance`` or the balanced one, 10
-    each, depends on the order the scheduler lists its workers in; the
-    first may leave one worker 8.)"""
+    the worker that also factors the stacked R taking fewer. (Between runs
+    the plugin takes either the plan within ``balance-tolerance``, which
+    has left one worker 8, or the balanced one, 10 each.)"""
     await c.register_plugin(AutoRestrictor())
     ran = _RanOn(s, "qr")
     s.add_plugin(ran, name="ran-on")
