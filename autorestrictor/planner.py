@@ -1064,17 +1064,18 @@ def _cut_cost(a: Analysis, nodes: np.ndarray, piece: np.ndarray,
 
     Complexity: O(edges) with one cumulative sum.
     """
+    n_items = int(free.sum())
     item = np.full(len(free), -1, dtype=np.int64)
-    item[free] = np.arange(int(free.sum()))
+    item[free] = np.arange(n_items)
     where = np.full(a.g.n, -1, dtype=np.int64)
     where[nodes] = item[piece]
     i, k = where[a.g.src], where[a.g.dst]
     e = (i >= 0) & (k >= 0) & (i != k)
-    lo, hi = np.minimum(i[e], k[e]), np.maximum(i[e], k[e])
-    step = np.zeros(len(free) + 1 + 1)
-    np.add.at(step, lo + 1, a.size[a.g.src[e]])
-    np.add.at(step, hi + 1, -a.size[a.g.src[e]])
-    return np.cumsum(step)[: int(free.sum()) + 1]
+    lo, hi, size = np.minimum(i[e], k[e]), np.maximum(i[e], k[e]), a.size[a.g.src[e]]
+    step = np.zeros(n_items + 2)
+    np.add.at(step, lo + 1, size)
+    np.add.at(step, hi + 1, -size)
+    return np.cumsum(step)[: n_items + 1]
 
 
 def _deal(load: np.ndarray, capacity: np.ndarray, tolerance: float,
