@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from autorestrictor.graph import build_graph
+from autorestrictor.graph import build_graph, slices
 from autorestrictor.planner import (
     Plan,
     finish_per_worker,
@@ -441,11 +441,11 @@ def _place_by_inputs(g, where: np.ndarray, size: np.ndarray, n_workers: int,
     left = g.indegree.copy()
     frontier = np.flatnonzero(left == 0)
     while len(frontier):
-        dst = g.dst[by_src[_edges(out_starts, frontier)]]
+        dst = g.dst[by_src[slices(out_starts, frontier)]]
         np.subtract.at(left, dst, 1)
         ready = np.unique(dst[left[dst] == 0])
         todo = ready[where[ready] < 0]
-        e = _edges(in_starts, todo)
+        e = slices(in_starts, todo)
         e = e[where[g.src[e]] >= 0]
         if len(e):
             pair = g.dst[e] * n_workers + where[g.src[e]]
@@ -461,11 +461,3 @@ def _place_by_inputs(g, where: np.ndarray, size: np.ndarray, n_workers: int,
             first = o[starts + node[o][starts] % tied]
             where[node[first]] = worker[first]
         frontier = ready
-
-
-def _edges(starts: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-    """Indices of the edges ``starts[v]:starts[v + 1]`` of every node ``v`` in ``nodes``."""
-    lo, n = starts[nodes], starts[nodes + 1] - starts[nodes]
-    if len(nodes) == 0 or n.sum() == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.repeat(lo - np.cumsum(np.r_[0, n[:-1]]), n) + np.arange(n.sum())

@@ -205,3 +205,16 @@ def first_input_roots(g: Graph, edges: np.ndarray | None = None) -> np.ndarray:
         if np.array_equal(nxt, first):
             return first
         first = nxt
+
+
+def slices(starts: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """The indices ``starts[v]:starts[v + 1]`` of every node ``v`` in ``nodes``,
+    one after another: each node's edges in an array sorted by node.
+
+    >>> slices(np.array([0, 2, 2, 5]), np.array([0, 2]))
+    array([0, 1, 2, 3, 4])
+    """
+    lo, n = starts[nodes], starts[nodes + 1] - starts[nodes]
+    if len(nodes) == 0 or n.sum() == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(lo - np.cumsum(np.r_[0, n[:-1]]), n) + np.arange(n.sum())

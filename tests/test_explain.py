@@ -38,11 +38,9 @@ def test_explain_seed_example_shows_the_chunk_map():
     assert e.reason is None
     m = e.map
     assert m.kind == "chunks" and m.shape == (1, 200) and m.name.startswith("random")
-    # every chunk pinned, each worker's in one run of neighbouring columns
+    # every chunk pinned, on all four workers
     row = m.grid[0]
     assert (row >= 0).all() and len(set(row.tolist())) == 4
-    starts = row[np.r_[True, np.diff(row) != 0]]
-    assert max(np.bincount(starts)) == 1, row
     # balanced from the start (the subtrees, 64, 64, 64 and 8 chunks, are
     # split): every worker's compute, and its predicted finish (each partial
     # sum it receives assumed as dear to send as to compute, no size being
@@ -51,13 +49,16 @@ def test_explain_seed_example_shows_the_chunk_map():
     assert load.max() <= 1.05 * load.mean() and load.min() >= 0.95 * load.mean()
     finish = np.array(e.plan.finish)
     assert finish.max() <= 1.05 * finish.mean() and finish.min() >= 0.95 * finish.mean()
-    # ... at the cost of a few partial sums, about three per seam; Dask's
-    # queue spreads each subtree's chunks
-    assert e.predicted_bytes <= 16 and e.default_bytes >= 100
-    # Dask's default, by the same model of time: it is no sooner. (Its 150
-    # transfers are received while its workers compute, in this model, so
-    # it is not later either: what the plan saves here is bytes.)
-    assert len(e.default_finish) == 4 and max(e.default_finish) >= max(e.plan.finish)
+    # ... at the cost of a few partial sums (the fourth worker takes whole
+    # subtrees from the others); Dask's queue spreads each subtree's chunks
+    assert e.predicted_bytes <= 9 and e.default_bytes >= 100
+    # Dask's default, by the same model of time: it is no sooner, within
+    # balanced-tolerance (3%; the plan moving whole subtrees is taken when it
+    # is even by that measure). Its 150 transfers are received while its
+    # workers compute, in this model, so it is not later either: what the
+    # plan saves here is bytes.
+    assert len(e.default_finish) == 4
+    assert max(e.default_finish) >= max(e.plan.finish) / 1.03
     assert "Predicted seconds per worker" in repr(e)
     # and each worker's peak of open results, in task outputs (no size known)
     assert len(e.peak) == len(e.default_peak) == 4 and min(e.peak) >= 1

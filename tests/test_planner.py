@@ -745,14 +745,12 @@ def _column_sum(n: int = 200, split_every: int = 4):
     return deps, [("col", i) for i in range(n)]
 
 
-def test_a_balanced_column_sum_gives_each_worker_one_stretch_of_columns():
-    """The README's example as dask.order walks it: one subtree entered
-    part-way through, columns from the last. Every worker within 5% of its
-    share, each still holds one stretch of neighbouring columns, and the
-    partial sums at each seam sit where most of their inputs are: two or
-    three results cross per seam, one per level of the tree cut. (200
-    columns in runs of 4 make stretches of 48 or 52, 5% short or over, so
-    one seam cannot sit on a multiple of 4 and sends a few columns more.)"""
+def test_a_balanced_column_sum_moves_whole_subtrees():
+    """The README's example as dask.order walks it: subtrees of 64, 64, 64
+    and 8 columns. Every worker ends within 5% of its share by taking whole
+    subtrees from the fullest workers, each of which sends one partial sum:
+    7 results cross. Dealt in contiguous runs instead, each of the three
+    seams cuts the tree at two or three levels, and 9 cross."""
     deps, cols = _column_sum()
     walk = [*range(159, 127, -1), *range(191, 159, -1), *range(127, -1, -1),
             *range(199, 191, -1)]
@@ -764,15 +762,13 @@ def test_a_balanced_column_sum_gives_each_worker_one_stretch_of_columns():
              min_tasks=1)
     check_plan(p, deps, W4)
     at = p.assignment
-    where = [at[k] for k in cols]
-    stretches = [w for i, w in enumerate(where) if i == 0 or w != where[i - 1]]
-    assert len(stretches) == len(set(stretches)) == 4, stretches
+    assert all(k in at for k in cols)
     load = Counter(at.values())
     share = len(at) / 4
     assert all(abs(n / share - 1) <= 0.05 for n in load.values()), load
     crossing = {(d, at[k]) for k, ins in deps.items() if k in at
                 for d in ins if d in at and at[d] != at[k]}
-    assert len(crossing) <= 9, sorted(crossing, key=str)
+    assert len(crossing) <= 7, sorted(crossing, key=str)
 
 
 def test_seams_are_chosen_together_for_the_fewest_bytes():
@@ -824,6 +820,53 @@ def test_seams_chosen_together_cost_what_the_cheapest_choice_costs(seed):
         return
     assert runs_fit(seams)
     assert sum(cost[seams]) == min(sum(cost[list(c)]) for c in feasible)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_shedding_moves_whole_subtrees_and_never_unbalances(seed):
+    """Random column sums (2-5 workers, 20-200 columns, 2-5 inputs per
+    partial, random costs), dealt as the plan within ``balance-tolerance``
+    deals them, then shed to within 3%: every task that moves takes its
+    whole subtree along to the same worker, the fullest worker's load never
+    grows, and each move adds at most one crossing result."""
+    from autorestrictor.config import Options
+    from autorestrictor.planner import _shed, analyse, assign_all
+
+    rng = np.random.default_rng(seed)
+    n_w = int(rng.integers(2, 6))
+    deps, _ = _column_sum(int(rng.integers(20, 200)), split_every=int(rng.integers(2, 6)))
+    cost = dict(zip(deps, rng.uniform(0.1, 2.0, len(deps)).tolist()))
+    opts = Options.from_config(min_tasks=1)
+    g = build_graph(deps)
+    addrs = [f"w{i}" for i in range(n_w)]
+    a, pinnable, reason = analyse(g, np.ones(n_w), opts, nbytes=None, priority=None,
+                                  who_has=None, addrs=addrs, skip=(), cost=cost)
+    assert reason is None
+    before, piece, _ = assign_all(a, pinnable, opts)
+    out = _shed(a, before, piece, 0.03)
+    if out is None:
+        return
+    after, _ = out
+
+    def loads(w):
+        return np.bincount(w[w >= 0], weights=a.cost[w >= 0], minlength=n_w)
+
+    def crossing(w):
+        e = (w[g.src] >= 0) & (w[g.dst] >= 0) & (w[g.src] != w[g.dst])
+        return len(set(zip(g.src[e].tolist(), w[g.dst[e]].tolist())))
+
+    assert loads(after).max() <= loads(before).max() + 1e-9
+    moved = np.flatnonzero(after != before)
+    assert (after[moved] >= 0).all() and (before[moved] >= 0).all()
+    readers = {d: [] for d in range(g.n)}
+    for s_, d in zip(g.src.tolist(), g.dst.tolist()):
+        readers[s_].append(d)
+    tops = 0
+    for v in moved.tolist():
+        assert all(after[d] == after[v] for d in g.src[g.dst == v].tolist())  # inputs came too
+        (reader,) = readers[v]
+        tops += after[reader] != after[v]
+    assert crossing(after) <= crossing(before) + tops
 
 
 def test_a_balanced_sum_of_three_way_partials_cuts_few_partials():
