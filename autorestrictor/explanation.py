@@ -333,7 +333,7 @@ def _cluster_view(dask_scheduler=None, keys=(), prefixes=(), shapes=()) -> dict:
         "installed": st is not None,
         "options": dataclasses.asdict(st.options) if st is not None else {},
         "workers": workers,
-        "busy": intake.busy(st, workers, unknown) if st is not None else {},
+        "busy": intake.busy(st, workers, unknown, s.tasks) if st is not None else {},
         "learned": learned.sizes(),
         "expected": expected, "unknown": float(unknown),
         "shape_seconds": learned.shape_seconds(),

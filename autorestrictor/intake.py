@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 from collections import Counter
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 
 import dask.config
 import numpy as np
@@ -208,14 +208,26 @@ def _sizes(order: list, names: list, kind_of: np.ndarray, nbytes: dict,
     return Sizes(dict(nbytes), len(nbytes), 0, kinded - measured)
 
 
-def busy(state: State, workers: Iterable[str], unknown: float) -> dict[str, float]:
+def busy(state: State, workers: Iterable[str], unknown: float,
+         tasks: Mapping | None = None) -> dict[str, float]:
     """Expected seconds of pinned work not yet done on each worker (for the next plan).
 
     Counts every task of the units still in its run, started or not: a
-    chain whose root has run still has the rest of the chain to run.
+    chain whose root has run still has the rest of the chain to run. The
+    plugin prunes finished units before it plans; a reader that does not
+    (``explain()``) gives the scheduler's ``tasks``, and only units and
+    plans with a task not yet run count.
     """
     typical = state.learned.typical(unknown)
-    pinned = state.pinned_tasks()
+    if tasks is None:
+        pinned = state.pinned_tasks()
+    else:
+        pinned = {a: sum(len(u.keys) for u in units if pending(tasks, u.keys, a))
+                  for a, units in state.built.items()}
+        for b in state.batches:
+            if batch_pending(tasks, b):
+                for a, n in b.per_worker().items():
+                    pinned[a] = pinned.get(a, 0) + n
     return {a: typical * pinned.get(a, 0) for a in workers}
 
 

@@ -90,6 +90,19 @@ async def test_explain_makes_the_plugins_plan(c, s, *workers):
     np.testing.assert_allclose(result, x.compute(scheduler="sync"))
 
 
+@gen_cluster(client=True, nthreads=[("", 1)] * 2, config={"autorestrictor.check-interval": 60})
+async def test_explain_counts_no_work_of_a_graph_that_has_run(c, s, a, b):
+    """Just after a graph has run, before the plugin's periodic check forgets
+    its pins, explain() counts none of its tasks as work waiting on the
+    workers (which would add them to every predicted finish)."""
+    from autorestrictor.explanation import _cluster_view
+
+    await c.register_plugin(AutoRestrictor())
+    await c.compute(seed_example(rows=200))
+    assert sum(s._autorestrictor.pinned_tasks().values()) > 0  # not forgotten yet
+    assert _cluster_view(dask_scheduler=s)["busy"] == {a.address: 0.0, b.address: 0.0}
+
+
 async def _explain_async(c, obj, **kwargs):
     """explain() from a coroutine: run it in a thread with a synchronous client view."""
     import asyncio
