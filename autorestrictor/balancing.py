@@ -48,6 +48,8 @@ def maybe_rebalance(scheduler, st: State, force: bool = False) -> bool:
         # On a very large graph, wait twenty times as long as the walk took
         # before the next one (at most 5% of the event loop).
         st.last_rebalance = monotonic() + 19 * (monotonic() - now)
+        # a worker that joined is one until the run it was dealt is done
+        st.joined = {a for a in st.joined if st.runs.get(a)}
 
 
 def _rebalance(scheduler, st: State, running: list) -> bool:
@@ -64,10 +66,13 @@ def _rebalance(scheduler, st: State, running: list) -> bool:
                if st.runs.get(a)}
     # Near the end of its run, who finishes first is noise: a worker of
     # ordinary pace gives work only while rebalance-min-left of its run has
-    # not started. A slow worker gives whenever others run out.
+    # not started. A slow worker gives whenever others run out, and so does
+    # one that joined while runs were pinned: its share was dealt before it
+    # had run anything, as if it started at once, and it starts late by
+    # however long its first task takes to reach it.
     left = st.options.rebalance_min_left
     gives = {a: m for a, m in mov.items() if m and (
-        a in st.slow or len(m) >= left * len(st.runs.get(a, ())))}
+        a in st.slow or a in st.joined or len(m) >= left * len(st.runs.get(a, ())))}
     if not idle or not gives:
         return False
 

@@ -279,6 +279,7 @@ class AutoRestrictor(SchedulerPlugin):
         self.state.joined_at = monotonic()
         if not self.state.has_runs():
             return
+        self.state.joined.add(worker)
         try:
             membership.prune(scheduler, self.state)
             if balancing.maybe_rebalance(scheduler, self.state, force=True):
@@ -294,6 +295,7 @@ class AutoRestrictor(SchedulerPlugin):
         """
         self._attach(scheduler)
         self.state.slow.discard(worker)
+        self.state.joined.discard(worker)
         self.state.learned.forget_worker(worker)
         try:
             if membership.rehome(scheduler, self.state, worker, stimulus_id,

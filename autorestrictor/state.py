@@ -207,6 +207,7 @@ class State:
     queues: Queues = dataclasses.field(default_factory=Queues)
     learned: Learned = dataclasses.field(default_factory=Learned)
     slow: set[str] = dataclasses.field(default_factory=set)  # until their run is done
+    joined: set[str] = dataclasses.field(default_factory=set)  # dealt work on joining, same
     history: deque[dict] = dataclasses.field(default_factory=deque)  # plan records
     moves: deque[dict] = dataclasses.field(default_factory=deque)  # rebalancing records
     n_plans: int = 0

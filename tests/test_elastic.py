@@ -146,6 +146,55 @@ async def test_joining_worker_takes_a_fair_share_of_what_remains(c, s, a, b):
     assert {m["to"] for m in moves} == {new.address}
 
 
+def _late_joiner_gate(block):
+    """Workers of the cluster wait for the Event ``ab``. The worker named
+    ``late`` waits for ``limit`` (its ``_gate_limit`` is then set), runs
+    that many chunks, and waits for ``late`` from the next one on."""
+    w = get_worker()
+    if w.name != "late":
+        Event("ab").wait()
+        return block
+    Event("limit").wait()
+    w._gate_n = getattr(w, "_gate_n", 0) + 1
+    if w._gate_n > w._gate_limit:
+        Event("late").wait()
+    return block
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 2,
+             config={**SMALL, "autorestrictor.rebalance-min-gain": 0})
+async def test_a_worker_that_joined_gives_its_last_units_when_others_run_out(c, s, a, b):
+    """A worker that joins mid-run is dealt its share as if it started at
+    once. This one runs all but its last five units while the others wait,
+    then stalls: when the others run out, the units it has not started go
+    to them, though fewer than rebalance-min-left of its run are left (a
+    worker of the original plan would keep them: near its end, who finishes
+    first is noise)."""
+    await c.register_plugin(AutoRestrictor())
+    x = da.ones((100, 90), chunks=(100, 1)).map_blocks(_late_joiner_gate, dtype=float)
+    fut = c.compute(x.sum(axis=1))
+    await async_poll_for(lambda: pinned(s), timeout=5)
+    st = s._autorestrictor
+    async with Worker(s.address, nthreads=1, name="late") as new:
+        try:
+            await async_poll_for(lambda: st.runs.get(new.address), timeout=5)
+            units = len(st.runs[new.address])
+            assert 5 / units < st.options.rebalance_min_left, units
+            new._gate_limit = units - 5
+            await Event("limit").set()
+            await async_poll_for(lambda: getattr(new, "_gate_n", 0) > new._gate_limit,
+                                 timeout=5)
+            assert not [m for m in st.moves if m["from"] == new.address]
+            await Event("ab").set()  # the others run their runs out
+            await async_poll_for(lambda: any(m["from"] == new.address for m in st.moves),
+                                 timeout=5)
+        finally:  # a failure above must not leave tasks waiting for ever
+            for name in ("limit", "ab", "late"):
+                await Event(name).set()
+        np.testing.assert_array_equal(await fut, np.full(100, 90.0))
+        assert not s.unrunnable
+
+
 def _chain(i, n, ev):
     x = dask.delayed(slow_block)(i, ev)
     for _ in range(n - 1):
