@@ -129,7 +129,8 @@ class Memory:
 
 
 def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
-               waiting_for_inputs: Callable[[], int] | None = None) -> int:
+               waiting_for_inputs: Callable[[], int] | None = None,
+               stalled: int = 0) -> int:
     """How many held roots a worker may be sent now.
 
     Dask's queuing rule, ``ceil(saturation * nthreads)`` tasks processing
@@ -139,7 +140,13 @@ def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
     local inputs in memory, hence the bound. ``busy`` is the worker's
     processing tasks that are not long-running; ``waiting_for_inputs``
     (``None`` when the worker fetches nothing) counts those still waiting,
-    called only when the worker looks full.
+    called only when the worker looks full. ``stalled`` counts the released
+    roots that have run and whose readers there wait for an input not yet
+    made elsewhere (:func:`stalled_readers`): not processing, so Dask's
+    rule would not count them, but their results wait in memory just the
+    same, and they take the same bound. A worker with nothing processing
+    may always take one root: two workers whose readers wait for each
+    other's held operands would otherwise wait for ever.
 
     Examples
     --------
@@ -147,15 +154,63 @@ def free_slots(nthreads: int, busy: int, saturation: float, queued: int,
     2
     >>> free_slots(nthreads=1, busy=3, saturation=1.1, queued=10, waiting_for_inputs=lambda: 2)
     1
+    >>> free_slots(nthreads=1, busy=1, saturation=1.1, queued=10, stalled=3)
+    0
+    >>> free_slots(nthreads=1, busy=0, saturation=1.1, queued=10, stalled=9)
+    1
     >>> free_slots(nthreads=1, busy=9, saturation=float("inf"), queued=10)
     10
     """
     if math.isinf(saturation):
         return queued
     slots = max(math.ceil(saturation * nthreads), 1)
-    if busy >= slots and waiting_for_inputs is not None:
-        busy = max(busy - waiting_for_inputs(), busy - slots)
-    return slots - busy
+    idle = busy <= 0
+    busy += stalled
+    if busy >= slots and (stalled or waiting_for_inputs is not None):
+        waiting = stalled + (waiting_for_inputs() if waiting_for_inputs is not None else 0)
+        busy = max(busy - waiting, busy - slots)
+    return max(slots - busy, 1) if idle else slots - busy
+
+
+def stalled_readers(ts, here: set, held_at: dict) -> list:
+    """The readers of the root ``ts``, released to ``here``, that will wait
+    for an input made elsewhere once ``ts`` has run: a chunk whose column
+    weight is another worker's. Pinned to ``here``, waiting, and reading a
+    task that is neither pinned to ``here`` nor held in its queue
+    (``held_at``), or that reads one. Looks at no more than
+    :data:`WANTED_SCAN` edges.
+
+    >>> from types import SimpleNamespace as T
+    >>> w = T(key="w", worker_restrictions={"b"}, state="waiting", waiting_on=set())
+    >>> x = T(key="x", worker_restrictions={"a"}, state="no-worker", waiting_on=set())
+    >>> r = T(key="r", state="waiting", worker_restrictions={"a"}, waiting_on=[x, w])
+    >>> x.dependents = [r]
+    >>> stalled_readers(x, {"a"}, {})
+    ['r']
+    >>> stalled_readers(x, {"a"}, {"w": "a"})  # held in a's own queue
+    []
+    """
+    def mine(t) -> bool:
+        return (bool(t.worker_restrictions) and t.worker_restrictions <= here) \
+            or held_at.get(t.key) in here
+
+    out = []
+    budget = WANTED_SCAN
+    for reader in ts.dependents:
+        if reader.state != "waiting" or not reader.worker_restrictions \
+                or not reader.worker_restrictions <= here:
+            continue
+        for t in reader.waiting_on:
+            if t is ts:
+                continue
+            inputs = t.waiting_on if t.state == "waiting" else ()
+            budget -= 1 + len(inputs)
+            if not mine(t) or not all(mine(u) for u in inputs):
+                out.append(reader.key)
+                break
+        if budget <= 0:
+            break
+    return out
 
 
 def take(queues: Queues, addr: str, free: int,

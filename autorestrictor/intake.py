@@ -389,6 +389,27 @@ def fetching(ws) -> int:
     return n
 
 
+def stalled(tasks, stalled: dict, addr: str) -> int:
+    """Of the readers noted in ``stalled[addr]``
+    (:func:`autorestrictor.admission.stalled_readers`), how many still wait
+    while their released root has run; those that no longer wait are
+    forgotten. Linear in the readers noted for ``addr``."""
+    noted = stalled.get(addr)
+    if not noted:
+        return 0
+    n = 0
+    for reader, root in list(noted.items()):
+        r = tasks.get(reader)
+        if r is None or r.state != "waiting":
+            del noted[reader]
+            continue
+        t = tasks.get(root)
+        n += t is not None and t.state == "memory"
+    if not noted:
+        del stalled[addr]
+    return n
+
+
 def spill_fraction() -> float | None:
     """The fraction of ``memory_limit`` past which Dask's workers spill
     managed memory to disk (``distributed.worker.memory.target``, else

@@ -255,7 +255,8 @@ class AutoRestrictor(SchedulerPlugin):
                 continue
             free = admission.free_slots(
                 ws.nthreads, len(ws.processing) - len(ws.long_running), saturation,
-                len(q.held[addr]), (lambda ws=ws: intake.fetching(ws)) if ws.needs_what else None)
+                len(q.held[addr]), (lambda ws=ws: intake.fetching(ws)) if ws.needs_what else None,
+                intake.stalled(tasks, q.stalled, addr))
             room = intake.memory_room(ws, spill, self.state.learned) if free > 0 else math.inf
             memory = None
             if room != math.inf:
@@ -267,6 +268,8 @@ class AutoRestrictor(SchedulerPlugin):
                 released.append((key, addr))
                 admission.note_wanted(q, tasks[key], here, admission.WANTED_MISSING + 1,
                                       self._size, self.options.light_edge_fraction)
+                for reader in admission.stalled_readers(tasks[key], here, q.held_at):
+                    q.stalled.setdefault(addr, {})[reader] = key
         actions.release(scheduler, released)
         if q.wanted_new:  # found while releasing: another worker may have a slot
             self._schedule_release()

@@ -91,6 +91,9 @@ class Queues:
     #: worker -> held roots that readers on other workers wait for (key -> task)
     wanted: dict[str, dict[Key, Any]] = dataclasses.field(default_factory=dict)
     wanted_new: bool = False  # one was found since the last release
+    #: worker -> readers there that wait for an input from elsewhere (reader
+    #: key -> the released root of theirs that waits with them in memory)
+    stalled: dict[str, dict[Key, Key]] = dataclasses.field(default_factory=dict)
     n_wanted: int = 0  # roots released out of turn so far
     n_memory_waits: int = 0  # releases that stopped short for memory (admission.Memory)
     seq: int = 0
@@ -139,6 +142,7 @@ class Queues:
             if self.held_at.get(entry.key) == addr:
                 del self.held_at[entry.key]
         self.wanted.pop(addr, None)
+        self.stalled.pop(addr, None)
 
     def clear(self) -> None:
         self.held.clear()

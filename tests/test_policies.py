@@ -183,6 +183,54 @@ def test_compute_seconds_counts_compute_only():
 # -- admission: the slot rule ---------------------------------------------------
 
 
+@pytest.mark.parametrize(("busy", "stalled", "waiting", "free"), [
+    (0, 0, None, 2),  # ceil(1.1 x 1) = 2 slots
+    (0, 1, None, 1),  # a root ran and its reader waits: it counts as processing
+    (1, 2, None, 1),  # past the slots, as many again waiting do not count ...
+    (1, 3, None, 0),  # ... and no more
+    (2, 3, 1, -1),  # with those that fetch, as many again in all
+    (0, 9, None, 1),  # nothing processing: one root, whatever waits
+])
+def test_roots_whose_readers_wait_for_other_workers_count_as_busy(busy, stalled, waiting, free):
+    """A released root that ran, and whose reader waits for an input not yet
+    made elsewhere, is not processing; it holds its result in memory as a
+    task waiting for a transfer does, and counts as one."""
+    got = free_slots(1, busy, 1.1, queued=10, stalled=stalled,
+                     waiting_for_inputs=None if waiting is None else (lambda: waiting))
+    assert got == free
+
+
+def test_readers_waiting_for_an_operand_from_another_worker_are_stalled():
+    r"""Roots ``x1`` and ``x2`` are released to A. ``r1`` reads ``x1`` and
+    ``s``, a slice of ``w``, held on B; ``r2`` reads ``x2`` and ``v``, pinned
+    to A; ``r3`` reads ``x1`` and is pinned to C::
+
+        x1   w(B)     x2   v(A)
+        | \   |       |   /
+        |   \ s(B)    r2(A)
+        |    \|
+        r3(C) r1(A)
+    """
+    w = _task("w", state="no-worker", restrictions={"B"})
+    s = _task("s", state="waiting", waiting_on=[w], restrictions={"B"})
+    v = _task("v", state="no-worker", restrictions={"A"})
+    x1 = _task("x1", state="no-worker", restrictions={"A"})
+    x2 = _task("x2", state="no-worker", restrictions={"A"})
+    r1 = _task("r1", state="waiting", waiting_on=[x1, s], restrictions={"A"})
+    r2 = _task("r2", state="waiting", waiting_on=[x2, v], restrictions={"A"})
+    r3 = _task("r3", state="waiting", waiting_on=[x1], restrictions={"C"})
+    _readers({t.key: t for t in (w, s, v, x1, x2, r1, r2, r3)})
+    assert admission.stalled_readers(x1, {"A"}, {}) == ["r1"]
+    assert admission.stalled_readers(x2, {"A"}, {}) == []
+    s.worker_restrictions = {"A"}  # the slice is A's, its root B's
+    assert admission.stalled_readers(x1, {"A"}, {}) == ["r1"]
+    w.worker_restrictions = {"hold"}  # held: where its queue is says
+    assert admission.stalled_readers(x1, {"A"}, {"w": "B"}) == ["r1"]
+    assert admission.stalled_readers(x1, {"A"}, {"w": "A"}) == []
+    w.worker_restrictions = {"A"}
+    assert admission.stalled_readers(x1, {"A"}, {}) == []
+
+
 @pytest.mark.parametrize(("nthreads", "busy", "waiting", "free"), [
     (1, 0, None, 2),  # ceil(1.1 x 1) = 2 slots
     (4, 3, None, 2),  # ceil(1.1 x 4) = 5 slots
