@@ -148,6 +148,7 @@ class Queues:
         self.held.clear()
         self.held_at.clear()
         self.wanted.clear()
+        self.stalled.clear()
 
 
 @dataclasses.dataclass
