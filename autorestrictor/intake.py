@@ -222,12 +222,8 @@ def busy(state: State, workers: Iterable[str], unknown: float,
     if tasks is None:
         pinned = state.pinned_tasks()
     else:
-        pinned = {a: sum(len(u.keys) for u in units if pending(tasks, u.keys, a))
-                  for a, units in state.built.items()}
-        for b in state.batches:
-            if batch_pending(tasks, b):
-                for a, n in b.per_worker().items():
-                    pinned[a] = pinned.get(a, 0) + n
+        pinned = state.pinned_tasks(lambda keys, a: pending(tasks, keys, a),
+                                    lambda b: batch_pending(tasks, b))
     return {a: typical * pinned.get(a, 0) for a in workers}
 
 

@@ -257,12 +257,20 @@ class State:
             out.update(b.per_worker())
         return out
 
-    def pinned_tasks(self) -> dict[str, int]:
-        """Pinned tasks (of units not yet forgotten) per worker, without building any."""
-        out = {a: sum(len(u.keys) for u in units) for a, units in self.built.items()}
+    def pinned_tasks(self, unit_live=None, batch_live=None) -> dict[str, int]:
+        """Pinned tasks (of units not yet forgotten) per worker, without building any.
+
+        ``unit_live(keys, worker)`` and ``batch_live(batch)``, if given, say
+        which units and unbuilt plans still count (those with a task not
+        yet run, for a reader that has not pruned the finished ones).
+        """
+        out = {a: sum(len(u.keys) for u in units
+                      if unit_live is None or unit_live(u.keys, a))
+               for a, units in self.built.items()}
         for b in self.batches:
-            for a, n in b.per_worker().items():
-                out[a] = out.get(a, 0) + n
+            if batch_live is None or batch_live(b):
+                for a, n in b.per_worker().items():
+                    out[a] = out.get(a, 0) + n
         return out
 
     def forget_pins(self) -> None:
