@@ -39,6 +39,7 @@ class Options:
     light_edge_fraction: float
     balance_tolerance: float
     balanced_tolerance: float
+    subtree_tolerance: float
     max_cut_fraction: float
     admission: bool
     admission_max_readers: int

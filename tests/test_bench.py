@@ -62,7 +62,7 @@ def test_format_table_medians_and_ratios():
         fake_row("seed-sum", "default", 1, wall_s=4.0),
         fake_row("seed-sum", "default", 2, wall_s=3.0),
         fake_row("seed-sum", "autorestrictor", 0, bytes_moved=2_000_000, wall_s=1.5,
-                 plan_s=0.0123, peak_memory_bytes=100_000_000),
+                 plan_s=0.0123, peak_memory_bytes=100_000_000, rebalances=3),
     ]
     table = format_table(rows)
     lines = table.splitlines()
@@ -74,6 +74,11 @@ def test_format_table_medians_and_ratios():
     assert "0.02x" in plugin  # bytes: 2 MB vs 100 MB
     assert "0.50x" in plugin  # wall: 1.5 s vs median 3 s, peak: 100 vs 200 MB
     assert "12.3" in plugin  # plan ms
+    assert "plan ms  moves" in lines[0]
+    cells = plugin.split()
+    assert cells[cells.index("12.3") + 1] == "3"  # moves: rebalancing moves
+    cells = default.split()
+    assert cells[cells.index("0.0") + 1] == "-"  # (the plugin's only)
 
 
 def test_format_table_notes_tasks_per_worker_of_elastic_workloads():

@@ -50,15 +50,16 @@ def test_explain_seed_example_shows_the_chunk_map():
     finish = np.array(e.plan.finish)
     assert finish.max() <= 1.05 * finish.mean() and finish.min() >= 0.95 * finish.mean()
     # ... at the cost of a few partial sums (the fourth worker takes whole
-    # subtrees from the others); Dask's queue spreads each subtree's chunks
-    assert e.predicted_bytes <= 9 and e.default_bytes >= 100
+    # subtrees from the others, each sending one: 4 of them, and the 3 the
+    # last step reads); Dask's queue spreads each subtree's chunks
+    assert e.predicted_bytes <= 7 and e.default_bytes >= 100
     # Dask's default, by the same model of time: it is no sooner, within
-    # balanced-tolerance (3%; the plan moving whole subtrees is taken when it
+    # subtree-tolerance (4%, the plan moving whole subtrees is taken when it
     # is even by that measure). Its 150 transfers are received while its
     # workers compute, in this model, so it is not later either: what the
     # plan saves here is bytes.
     assert len(e.default_finish) == 4
-    assert max(e.default_finish) >= max(e.plan.finish) / 1.03
+    assert max(e.default_finish) >= max(e.plan.finish) / 1.04
     assert "Predicted seconds per worker" in repr(e)
     # and each worker's peak of open results, in task outputs (no size known)
     assert len(e.peak) == len(e.default_peak) == 4 and min(e.peak) >= 1
@@ -70,6 +71,19 @@ def test_explain_seed_example_shows_the_chunk_map():
     assert "task outputs" in html  # nothing learned yet: bytes counted in outputs
     assert "Chunks of random" in repr(e)
 
+
+
+@needs_explain
+def test_whole_subtree_moves_may_be_a_little_less_even():
+    """On the README's example, the plan that moves whole subtrees to the
+    fourth worker is within subtree-tolerance (4%) of an even finish with
+    4 partial sums crossing (and the 3 the last step reads); held to 3%,
+    as a plan cutting runs of chunks is, it needs two more."""
+    loose = autorestrictor.explain(seed_example(), workers=4)
+    tight = autorestrictor.explain(seed_example(), workers=4, subtree_tolerance=0.03)
+    assert loose.predicted_bytes == 7 and tight.predicted_bytes == 9
+    finish = np.array(loose.plan.finish)
+    assert finish.max() <= 1.04 * finish.mean()
 
 @needs_explain
 @gen_cluster(client=True, nthreads=[("", 1)] * 4)

@@ -1472,6 +1472,7 @@ def _table_line(groups: dict[_Group, list[dict]], key: _Group, link_col: bool,
         *memory,
         "-" if share is None else f"{share:.2f}",
         f"{1e3 * med('plan_s'):.1f}",
+        "-" if mode != "autorestrictor" else _count(med("rebalances")),
         ratio("bytes_moved", floor=1e6),
         ratio("wall_s"),
         ratio("peak_memory_bytes"),
@@ -1509,7 +1510,7 @@ def _column_notes(rows: Sequence[dict], with_link: bool, limits: set[str]) -> li
         out.append("pred MB: bytes the plugin's applied plans predicted would cross workers, "
                    "shown where every size was known when they were made; got MB: what the "
                    "workers received from each other (MB moved also counts what the client "
-                   "gathered)")
+                   "gathered); moves: the plugin's rebalancing moves")
     if memory:
         one = f"memory limit {next(iter(limits))} per worker" if len(limits) == 1 else (
             "limit: memory limit per worker")
@@ -1555,7 +1556,7 @@ def format_table(rows: Sequence[dict]) -> str:
               "mode", "n", "wall s", "cpu s", "MB moved", "pred MB", "got MB", "transfers",
               "peak MB",
               *(["spilled MB", "pauses"] if memory else []), "max share", "plan ms",
-              "bytes", "wall", "peak", *(["spill", "pause"] if memory else [])]
+              "moves", "bytes", "wall", "peak", *(["spill", "pause"] if memory else [])]
     lines = [header, *(_table_line(groups, key, with_link, limit_col, memory) for key in groups)]
     out = _aligned(lines, n_text=2 + with_link + limit_col)
     out.extend(_column_notes(rows, with_link, limits))
