@@ -56,7 +56,7 @@ def _rebalance(scheduler, st: State, running: list) -> bool:
     tasks = scheduler.tasks
     mov = {ws.address: movable(st, ws.address) for ws in running}
     # A worker past its spill threshold takes no work, however idle.
-    spill = intake.spill_fraction()
+    spill = intake.spill_thresholds()
     idle = [ws.address for ws in running if not mov[ws.address]
             and intake.memory_room(ws, spill, st.learned) > 0]
     slowdown = st.learned.slowdowns(ws.address for ws in running)

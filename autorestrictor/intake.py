@@ -406,29 +406,44 @@ def stalled(tasks, stalled: dict, addr: str) -> int:
     return n
 
 
-def spill_fraction() -> float | None:
-    """The fraction of ``memory_limit`` past which Dask's workers spill
-    managed memory to disk (``distributed.worker.memory.target``, else
-    ``.spill``), as this process's Dask config says; ``None``: never."""
-    for name in ("target", "spill"):
+def spill_thresholds() -> tuple[float | None, float | None]:
+    """The fractions of ``memory_limit`` past which Dask's workers write to
+    disk, as this process's Dask config says (``None``: never): managed
+    memory past ``distributed.worker.memory.target`` is spilled as it is
+    stored, and while the process as a whole is past ``.spill`` the worker
+    spills until it is back under ``target``."""
+    def fraction(name: str) -> float | None:
         x = dask.config.get(f"distributed.worker.memory.{name}", None)
-        if x:
-            return float(x)
-    return None
+        return float(x) if x else None
+
+    return fraction("target"), fraction("spill")
 
 
-def memory_room(ws, fraction: float | None, learned: Learned) -> float:
-    """Bytes ``ws`` may still take before it spills: ``fraction`` of its
-    ``memory_limit``, less the managed memory it holds (Dask's own measure,
-    spilled data excluded) and what its running tasks are expected to
-    produce (at most :data:`FETCH_SCAN` of them looked at); ``math.inf``
-    without a limit."""
-    if not fraction or not ws.memory_limit:
+def memory_room(ws, thresholds: tuple[float | None, float | None], learned: Learned) -> float:
+    """Bytes ``ws`` may still take before it spills (``thresholds`` from
+    :func:`spill_thresholds`); ``math.inf`` without a limit or thresholds.
+
+    Both of Dask's rules count: ``target`` of its ``memory_limit`` less the
+    managed memory it holds (Dask's own measure, spilled data excluded),
+    and ``spill`` of it less the same plus the memory the process holds
+    beyond its data (``unmanaged_old``, Dask's long-term measure: on a
+    worker whose libraries take a third of its limit, the second rule is
+    the one met first). From either, less what its running tasks are
+    expected to produce (at most :data:`FETCH_SCAN` of them looked at).
+    """
+    target, spill = thresholds
+    if not ws.memory_limit or not (target or spill):
         return math.inf
+    mem = ws.memory
+    limit = math.inf
+    if target:
+        limit = target * ws.memory_limit
+    if spill:
+        limit = min(limit, spill * ws.memory_limit - mem.unmanaged_old)
     coming = 0.0
     for ts in itertools.islice(ws.processing, FETCH_SCAN):
         coming += max(output_bytes(ts, learned), 0.0)
-    return fraction * ws.memory_limit - ws.memory.managed - coming
+    return limit - mem.managed - coming
 
 
 def held_status(tasks, key) -> Status:

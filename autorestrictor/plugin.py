@@ -247,7 +247,7 @@ class AutoRestrictor(SchedulerPlugin):
             return self._size(tasks[key])
 
         released = []
-        spill = intake.spill_fraction()
+        spill = intake.spill_thresholds()
         front: tuple | None | bool = False  # (looked up once, when first needed)
         for addr in list(q.held):
             ws = scheduler.workers.get(addr)

@@ -150,3 +150,22 @@ async def test_a_graph_arriving_while_a_worker_has_data_on_disk_is_left_to_dask(
     record = s.plugins["autorestrictor"].history[-1]
     assert "writes to disk" in (record["reason"] or ""), record
     assert not pinned(s)
+
+
+def test_room_is_what_the_first_of_dasks_two_spill_rules_leaves():
+    """Dask spills managed memory past ``target`` of the limit, and the
+    whole process past ``spill``: on a worker whose libraries hold much of
+    its limit, the second is met first."""
+    from types import SimpleNamespace
+
+    from autorestrictor import intake
+    from autorestrictor.learning import Learned
+
+    ws = SimpleNamespace(memory_limit=200 * MB, processing=(),
+                         memory=SimpleNamespace(managed=20 * MB, unmanaged_old=90 * MB))
+    room = intake.memory_room(ws, (0.6, 0.7), Learned())
+    assert room == pytest.approx(0.7 * 200 * MB - 90 * MB - 20 * MB)  # 30 MiB, not 100
+    ws.memory.unmanaged_old = 10 * MB
+    assert intake.memory_room(ws, (0.6, 0.7), Learned()) == pytest.approx(100 * MB)
+    assert intake.memory_room(ws, (0.6, None), Learned()) == pytest.approx(100 * MB)
+    assert intake.memory_room(ws, (None, None), Learned()) == float("inf")
