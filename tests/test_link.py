@@ -212,7 +212,7 @@ def test_table_shows_the_link_and_compares_modes_on_the_same_link():
         row("default", 8.0, "per-worker"), row("autorestrictor", 2.0, "per-worker"),
     ]).splitlines()
     assert lines[0].split()[:3] == ["workload", "link", "mode"]
-    cells = {tuple(line.split()[1:-13]): line.split() for line in lines[2:6]}
+    cells = {tuple(line.split()[1:-14]): line.split() for line in lines[2:6]}
     assert set(cells) == {("-", "default"), ("-", "autorestrictor"),
                           ("1gbit", "per-worker", "default"),
                           ("1gbit", "per-worker", "autorestrictor")}
