@@ -56,9 +56,9 @@ def _rebalance(scheduler, st: State, running: list) -> bool:
     tasks = scheduler.tasks
     mov = {ws.address: movable(st, ws.address) for ws in running}
     # A worker past its spill threshold takes no work, however idle.
-    spill = intake.spill_thresholds()
+    thresholds = intake.spill_thresholds()
     idle = [ws.address for ws in running if not mov[ws.address]
-            and intake.memory_room(ws, spill, st.learned) > 0]
+            and intake.memory_room(ws, thresholds, st.learned) > 0]
     slowdown = st.learned.slowdowns(ws.address for ws in running)
     # Slow stays slow until its run is done: a thief that took a slow
     # worker's expensive chunks becomes as slow, and the median with it.

@@ -247,7 +247,7 @@ class AutoRestrictor(SchedulerPlugin):
             return self._size(tasks[key])
 
         released = []
-        spill = intake.spill_thresholds()
+        thresholds = intake.spill_thresholds()
         front: tuple | None | bool = False  # (looked up once, when first needed)
         for addr in list(q.held):
             ws = scheduler.workers.get(addr)
@@ -257,7 +257,7 @@ class AutoRestrictor(SchedulerPlugin):
                 ws.nthreads, len(ws.processing) - len(ws.long_running), saturation,
                 len(q.held[addr]), (lambda ws=ws: intake.fetching(ws)) if ws.needs_what else None,
                 intake.stalled(tasks, q.stalled, addr))
-            room = intake.memory_room(ws, spill, self.state.learned) if free > 0 else math.inf
+            room = intake.memory_room(ws, thresholds, self.state.learned) if free > 0 else math.inf
             memory = None
             if room != math.inf:
                 if front is False:
