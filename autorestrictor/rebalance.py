@@ -22,7 +22,11 @@ thief takes units until it would finish then, from donors that would finish
 later, latest first. A donor's moves are made only if together they bring
 its finish earlier by more than ``min_gain`` seconds and by more than what
 the cuts themselves cost (its ``seams``: the seconds to send what crosses
-them), and each thief still finishes before the donor did.
+them), and each thief still finishes before the donor did. And the moves
+of one call are made only if together they bring the last finish of all
+workers earlier by more than ``min_gain``: a donor that finishes next to
+another worker that cannot give (its work all started, or its cuts too
+dear) gains the graph nothing by giving, and its seams would cost bytes.
 
 A unit costs what it costs on its donor. Whether a worker that looks slow is
 slow, or was dealt the expensive chunks, cannot be told apart from durations
@@ -114,6 +118,8 @@ def rebalance(
     min_gain:
         Seconds by which a donor's moves, together, must bring its finish
         earlier; they must also save more than their cuts cost (``Run.seams``).
+        All the moves together must also bring the last finish of all
+        workers earlier by as much.
 
     Returns
     -------
@@ -152,8 +158,20 @@ def rebalance(
         moves = _fill(runs, idle, frozen)
         poor = _not_worth_it(runs, moves, min_gain)
         if not poor:
-            return moves
+            break
         frozen |= poor
+    # What the graph gains is the last finish: taking from one of two
+    # workers that would finish together gains nothing.
+    return moves if _last_finish(runs, moves) < _last_finish(runs, []) - min_gain else []
+
+
+def _last_finish(runs: Mapping[str, Run], moves: list[Move]) -> float:
+    """When the last worker would finish, after ``moves``."""
+    work = {w: r.work for w, r in runs.items()}
+    for m in moves:
+        work[m.donor] -= m.seconds
+        work[m.thief] += m.seconds
+    return max(work[w] / r.speed for w, r in runs.items())
 
 
 def _fill(runs: Mapping[str, Run], idle: Sequence[str], frozen: set) -> list[Move]:

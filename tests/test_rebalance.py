@@ -76,6 +76,17 @@ def test_a_move_that_does_not_help_is_not_made():
     assert rebalance({"a": Run([1.0, 1.0]), "b": Run([])}, min_gain=1.5) == []
 
 
+def test_a_move_must_bring_the_last_finish_earlier():
+    """``a`` and ``b`` would both finish at 10 s; ``b`` has started all its
+    work and cannot give. Taking from ``a`` alone gains the graph nothing
+    (and a seam would cost bytes), so nothing moves; with ``b`` done by
+    5 s, the same move brings the last finish earlier and is made."""
+    runs = {"a": Run([1.0] * 10), "b": Run([], started=10.0), "c": Run([])}
+    assert rebalance(runs, idle=["c"]) == []
+    runs = {"a": Run([1.0] * 10), "b": Run([], started=5.0), "c": Run([])}
+    assert [m.donor for m in rebalance(runs, idle=["c"])] == ["a"]
+
+
 def test_a_busy_slow_donor_gives_its_last_units():
     """A slow worker still running a task may give all it has not started."""
     runs = {"slow": Run([3.0, 3.0], started=3.0), "fast": Run([])}
@@ -147,6 +158,9 @@ def test_properties(runs, min_gain):
     unmoved = {w: [(w, i) for i in range(len(r.units))] for w, r in runs.items()}
     old, new = finishes(runs, unmoved), finishes(runs, after)
     assert max(new.values()) <= max(old.values()) + 1e-9, "no move makes the finish later"
+    if moves:
+        assert max(new.values()) < max(old.values()) - min_gain + 1e-9, (
+            "moves bring the last finish earlier by more than min_gain")
     for m in moves:
         assert m.count >= 1
         assert m.start >= 1 or runs[m.donor].started > 0, (
