@@ -266,21 +266,21 @@ def default_estimate(
     Dask run where most of their input bytes are. Sizes as in
     :func:`default_transfer` (unknown: one each, so the peak is in results).
 
-    Two chains read by one sum, a second per task and five per result
-    sent: one worker runs a chain and the sum (three seconds) and receives
-    the other chain's result meanwhile, which takes longer. With each
-    chain on its own worker, the sum's worker holds its chain's two
-    results before the first is read, then the sum and the other chain's
-    result as well.
+    Two pairs read by one sum, a second per task and five per result
+    sent. Under Dask's default, as estimated, two results cross (20 bytes)
+    and one worker waits ten seconds for what it receives, holding four
+    results at its peak. The plan puts each pair on its own worker: at
+    most three results open on either.
 
     >>> from autorestrictor.planner import plan as make_plan
-    >>> deps = {"a": [], "b": [], "a2": ["a"], "b2": ["b"], "s": ["a2", "b2"]}
+    >>> deps = {"a": [], "b": [], "c": [], "d": [], "ab": ["a", "b"], "cd": ["c", "d"],
+    ...         "s": ["ab", "cd"]}
     >>> workers = {"w1": 1, "w2": 1}
     >>> e = default_estimate(deps, workers, bandwidth=2.0, nbytes=dict.fromkeys(deps, 10),
     ...                      cost=dict.fromkeys(deps, 1.0),
     ...                      plan=make_plan(deps, workers, min_tasks=1))
     >>> e.bytes, e.finish.tolist(), e.peak.tolist(), e.plan_peak.tolist()
-    (10.0, [5.0, 2.0], [30.0, 20.0], [30.0, 20.0])
+    (20.0, [10.0, 5.0], [40.0, 30.0], [30.0, 30.0])
 
     Complexity: O(edges log edges).
     """

@@ -327,6 +327,9 @@ def plan(
     )
     if reason is not None:
         return step_back(reason)
+    if _one_root_each(a, pinnable):
+        return step_back("every group grows from one root: Dask keeps each on one worker "
+                         "by itself (a task runs where its inputs are), nothing to save")
     worker_of, piece_of, notes = assign_all(a, pinnable, opts)
     finish = None
     if bandwidth is not None:
@@ -459,6 +462,33 @@ def analyse(
 # ---------------------------------------------------------------------------
 # The six steps
 # ---------------------------------------------------------------------------
+
+
+def _one_root_each(a: Analysis, pinnable: np.ndarray) -> bool:
+    """Whether every group grows from one task (the only one of its tasks
+    with no input inside the group), nothing reads placed data and no
+    task the planner would pin is a result the client asked for.
+
+    Such a group (a chain of steps on one chunk, a pipeline per partition)
+    crosses workers under Dask's default only if Dask moves it on purpose:
+    each of its tasks has all its inputs on the worker that ran the first.
+    Pinning it saves no byte and takes away Dask's freedom to balance. A
+    group that ends in a result the client asked for is different: that
+    result may outlive the graph (``persist``), and where it lands decides
+    what a later graph combining neighbours must move.
+    """
+    g = a.g
+    if (a.located >= 0).any():
+        return False
+    nodes = np.flatnonzero(pinnable)
+    if find_terminals(g)[nodes].any():
+        return False
+    inside = pinnable[g.src] & pinnable[g.dst] & (a.comp[g.src] == a.comp[g.dst])
+    fed = np.zeros(g.n, dtype=bool)
+    fed[g.dst[inside]] = True
+    first = nodes[~fed[nodes]]
+    per_group = np.bincount(a.comp[first], minlength=int(a.comp.max()) + 1)
+    return bool(per_group.max(initial=0) <= 1)
 
 
 def downstream(g: Graph, sources: np.ndarray) -> np.ndarray:

@@ -146,8 +146,10 @@ class _AsyncClientView:
 async def test_explain_on_delayed_and_raw_graphs_matches_the_plugin(c, s, *workers):
     await c.register_plugin(AutoRestrictor(min_tasks=10))
     ev = Event()
-    parts = [dask.delayed(slow_block, pure=True)(i, ev) for i in range(60)]
-    total = dask.delayed(sum)([dask.delayed(_double)(p) for p in parts])
+    parts = [dask.delayed(_double)(dask.delayed(slow_block, pure=True)(i, ev))
+             for i in range(60)]
+    total = dask.delayed(sum)([dask.delayed(operator.add)(parts[i], parts[i + 1])
+                               for i in range(0, 60, 2)])
     e = await _explain_async(c, total)
     assert e.map.kind == "runs" and e.reason is None
     fut = c.compute(total)

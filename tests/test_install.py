@@ -32,7 +32,8 @@ if __name__ == "__main__":
         client.register_plugin(AutoRestrictor(min_tasks=10))
         xs = [dask.delayed(inc)(i) for i in range(40)]
         ys = [dask.delayed(inc)(x) for x in xs]
-        total = dask.delayed(sum)(ys)
+        pairs = [dask.delayed(sum)(ys[i : i + 2]) for i in range(0, 40, 2)]
+        total = dask.delayed(sum)(pairs)
         result = total.compute()
         plans = autorestrictor.last_plans(client)
     json.dump({"result": result, "plans": plans}, sys.stdout, default=str)

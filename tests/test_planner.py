@@ -72,6 +72,27 @@ def test_two_independent_chains(rename):
     assert len(a) == len(b) == 1 and a != b
 
 
+def test_chains_read_by_a_task_left_to_dask_are_left_to_dask():
+    r"""
+    a0 -> a1 -> a2 \
+    b0 -> b1 -> b2 -+-> out        (four chains, a to d)
+    ...             /
+
+    Each chain grows from one task and its end is read by ``out``, left to
+    Dask: Dask keeps each chain on one worker by itself (a task runs where
+    its inputs are), so pinning saves nothing. Without ``out`` the chains'
+    ends are results the client asked for, and may stay in memory for a
+    later graph: pinned. A chain with a second input is pinned too.
+    """
+    chains = {f"{c}{i}": [f"{c}{i - 1}"] if i else [] for c in "abcd" for i in range(3)}
+    out = {"out": [f"{c}2" for c in "abcd"]}
+    p = plan({**chains, **out}, W2, min_tasks=1)
+    assert not p.applied and "grows from one" in p.reason
+    assert plan(chains, W2, min_tasks=1).applied
+    two = {**chains, **out, "x": [], "a1": ["a0", "x"]}
+    assert plan(two, W2, min_tasks=1).applied
+
+
 def test_seed_reduction_groups_whole_subtrees(rename):
     r"""
     The seed's example: 200 leaves summed 4 at a time.
@@ -588,9 +609,10 @@ def test_work_placed_at_run_time_is_left_to_dask(rename):
     r"""
     A P2P shuffle: partitions -> transfers -> barrier -> outputs -> per-output work
 
-        p0  p1  p2  p3 ...        (partitions)
-        |   |   |   |
-        t0  t1  t2  t3 ...        (transfers, pinned with their partition)
+      a0 b0  a1 b1 ...            (two inputs of each partition)
+        p0    p1    p2  p3 ...    (partitions)
+        |     |     |   |
+        t0    t1    t2  t3 ...    (transfers, pinned with their partition)
          \  |   |  /
           barrier                 (P2P picks each output's worker at run time)
          /  |   |  \
@@ -601,7 +623,8 @@ def test_work_placed_at_run_time_is_left_to_dask(rename):
     n = 40
     deps = {}
     for i in range(n):
-        deps[f"p{i}"], deps[f"t{i}"] = [], [f"p{i}"]
+        deps[f"a{i}"], deps[f"b{i}"] = [], []
+        deps[f"p{i}"], deps[f"t{i}"] = [f"a{i}", f"b{i}"], [f"p{i}"]
     deps["barrier"] = [f"t{i}" for i in range(n)]
     for i in range(n):
         deps[f"o{i}"], deps[f"g{i}"] = ["barrier"], [f"o{i}"]
@@ -919,12 +942,12 @@ def test_a_block_of_q_stays_with_the_product_that_reads_it():
 def test_chains_go_to_idle_workers_not_to_ones_busy_with_an_earlier_graph():
     """Two chains on four workers, two of them busy with a third of a chain
     each: the idle two take the chains (a whole chain on a busy worker
-    would finish it a third later)."""
+    would finish it a third later). The chains' ends are the client's
+    results (read by a task left to Dask, the chains would be left to it)."""
     deps = {}
     for c in range(2):
         deps[f"c{c}-0"] = []
         deps.update({f"c{c}-{i}": [f"c{c}-{i - 1}"] for i in range(1, 60)})
-    deps["end"] = ["c0-59", "c1-59"]
     cost = dict.fromkeys(deps, 1.0)
     p = plan(deps, W4, min_tasks=1, cost=cost, busy={"w0": 20.0, "w1": 20.0})
     assert {p.assignment["c0-0"], p.assignment["c1-0"]} == {"w2", "w3"}, p.load

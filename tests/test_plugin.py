@@ -495,7 +495,11 @@ async def test_p2p_shuffle_is_left_to_p2p(c, s, *workers):
 
     await c.register_plugin(AutoRestrictor())
     pdf = pd.DataFrame({"id": np.arange(2000) % 37, "v": np.arange(2000)})
-    df = dd.from_pandas(pdf, npartitions=20)
+    # each partition made of two halves (a partition made by one task is
+    # left to Dask, which keeps its pipeline on one worker by itself)
+    halves = [dask.delayed(pdf.iloc.__getitem__)(slice(i, i + 50)) for i in range(0, 2000, 50)]
+    parts = [dask.delayed(pd.concat)(halves[i : i + 2]) for i in range(0, 40, 2)]
+    df = dd.from_delayed(parts, meta=pdf.iloc[:0])
     with dask.config.set({"dataframe.shuffle.method": "p2p"}):
         out = df.shuffle("id").groupby("id").v.sum()
         fut = c.compute(out)
