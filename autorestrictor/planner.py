@@ -327,9 +327,10 @@ def plan(
     )
     if reason is not None:
         return step_back(reason)
-    if _one_root_each(a, pinnable):
-        return step_back("every group grows from one root: Dask keeps each on one worker "
-                         "by itself (a task runs where its inputs are), nothing to save")
+    if _one_entry_each(a, pinnable):
+        return step_back("every group grows from one task and feeds steps left to Dask: "
+                         "Dask keeps each on one worker by itself (a task runs where its "
+                         "inputs are), nothing to save")
     worker_of, piece_of, notes = assign_all(a, pinnable, opts)
     finish = None
     if bandwidth is not None:
@@ -464,7 +465,7 @@ def analyse(
 # ---------------------------------------------------------------------------
 
 
-def _one_root_each(a: Analysis, pinnable: np.ndarray) -> bool:
+def _one_entry_each(a: Analysis, pinnable: np.ndarray) -> bool:
     """Whether every group grows from one task (the only one of its tasks
     with no input inside the group), nothing reads placed data and no
     task the planner would pin is a result the client asked for.
