@@ -162,16 +162,18 @@ def rebalance(
         frozen |= poor
     # What the graph gains is the last finish: taking from one of two
     # workers that would finish together gains nothing.
-    return moves if _last_finish(runs, moves) < _last_finish(runs, []) - min_gain else []
+    last = max(r.finish for r in runs.values())
+    work = _work_after(runs, moves)
+    return moves if max(work[w] / r.speed for w, r in runs.items()) < last - min_gain else []
 
 
-def _last_finish(runs: Mapping[str, Run], moves: list[Move]) -> float:
-    """When the last worker would finish, after ``moves``."""
+def _work_after(runs: Mapping[str, Run], moves: list[Move]) -> dict[str, float]:
+    """Each worker's expected seconds of work once ``moves`` are made."""
     work = {w: r.work for w, r in runs.items()}
     for m in moves:
         work[m.donor] -= m.seconds
         work[m.thief] += m.seconds
-    return max(work[w] / r.speed for w, r in runs.items())
+    return work
 
 
 def _fill(runs: Mapping[str, Run], idle: Sequence[str], frozen: set) -> list[Move]:
@@ -208,10 +210,7 @@ def _fill(runs: Mapping[str, Run], idle: Sequence[str], frozen: set) -> list[Mov
 def _not_worth_it(runs: Mapping[str, Run], moves: list[Move], min_gain: float) -> set:
     """Donors whose moves together bring their finish earlier by no more
     than ``min_gain``, or than the seconds to send what their cuts send."""
-    work = {w: r.work for w, r in runs.items()}
-    for m in moves:
-        work[m.donor] -= m.seconds
-        work[m.thief] += m.seconds
+    work = _work_after(runs, moves)
     poor = set()
     for donor in {m.donor for m in moves}:
         r = runs[donor]
